@@ -1,0 +1,44 @@
+"""Framework-free SCALe core: options, schedule, segment tagging, token weights, loss.
+
+Imports torch (and numpy) only.
+"""
+
+from .loss import (
+    LossComponents,
+    components,
+    scale_loss_from_ce,
+    scale_loss_from_log_probs,
+    scale_loss_from_logits,
+    shift_targets,
+)
+from .options import ExtraSegment, ScaleConfigError, ScaleOptions, option_fields
+from .schedule import answer_weight, progress, segment_weights
+from .segments import ANSWER, IGNORED, THINK, SegmentBatch, SegmentTagger, TokenTable, sample_ids_from
+from .weights import StepCounts, TokenWeights, local_counts, token_weights
+
+__all__ = [
+    "ANSWER",
+    "IGNORED",
+    "THINK",
+    "ExtraSegment",
+    "LossComponents",
+    "ScaleConfigError",
+    "ScaleOptions",
+    "SegmentBatch",
+    "SegmentTagger",
+    "StepCounts",
+    "TokenTable",
+    "TokenWeights",
+    "answer_weight",
+    "components",
+    "local_counts",
+    "option_fields",
+    "progress",
+    "sample_ids_from",
+    "scale_loss_from_ce",
+    "scale_loss_from_log_probs",
+    "scale_loss_from_logits",
+    "segment_weights",
+    "shift_targets",
+    "token_weights",
+]

@@ -1,0 +1,212 @@
+"""The one definition of every SCALe option.
+
+Every adapter (TRL config, Axolotl args model, LLaMA-Factory hparams) derives its
+fields from :class:`ScaleOptions` via :func:`option_fields`, so a name means the
+same thing in every host. Each field's ``metadata["help"]`` is its documentation;
+``docs/options.md`` is generated from the same table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULES = ("cosine", "linear", "constant", "step")
+NORMALIZATIONS = ("sample", "token")
+MISSING_TAG_POLICIES = ("warn", "error", "ignore")
+RESERVED_SEGMENT_NAMES = ("ignored", "think", "answer")
+
+
+class ScaleConfigError(ValueError):
+    """An invalid SCALe option. The message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ExtraSegment:
+    """A user-declared tagged segment, e.g. ``<perception>...</perception>``.
+
+    Its tokens are taken out of whatever segment encloses them (think or answer)
+    and averaged separately, with a weight that follows the same schedule shape as
+    the answer weight, from ``weight_start`` to ``weight_end``.
+    """
+
+    name: str
+    open_tag: str
+    close_tag: str
+    weight_start: float = 0.5
+    weight_end: float = 0.5
+
+    @classmethod
+    def parse(cls, spec: Any, key: str = "extra_segments") -> ExtraSegment:
+        """Build from a mapping (YAML) or a ``name:open:close[:weight[:weight_end]]`` string (CLI)."""
+        if isinstance(spec, ExtraSegment):
+            return spec
+        if isinstance(spec, str):
+            parts = spec.split(":")
+            if len(parts) not in (3, 4, 5):
+                raise ScaleConfigError(
+                    f"{key}: {spec!r} must look like 'name:<open>:</close>[:weight_start[:weight_end]]'"
+                )
+            weights = [float(p) for p in parts[3:]]
+            start = weights[0] if weights else 0.5
+            end = weights[1] if len(weights) > 1 else start
+            spec = {"name": parts[0], "open": parts[1], "close": parts[2], "weight_start": start, "weight_end": end}
+        if not isinstance(spec, Mapping):
+            raise ScaleConfigError(f"{key}: each entry must be a mapping or a string, got {type(spec).__name__}")
+        allowed = {"name", "open", "close", "open_tag", "close_tag", "weight", "weight_start", "weight_end"}
+        unknown = set(spec) - allowed
+        if unknown:
+            raise ScaleConfigError(f"{key}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        try:
+            name = spec["name"]
+            open_tag = spec.get("open", spec.get("open_tag"))
+            close_tag = spec.get("close", spec.get("close_tag"))
+        except KeyError as err:
+            raise ScaleConfigError(f"{key}: every entry needs 'name', 'open' and 'close'") from err
+        weight = spec.get("weight", 0.5)
+        start = float(spec.get("weight_start", weight))
+        end = float(spec.get("weight_end", spec.get("weight", start)))
+        return cls(
+            str(name), str(open_tag) if open_tag is not None else "", str(close_tag) if close_tag else "", start, end
+        )
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """SCALe options. Defaults follow METHOD.md; every one is configurable.
+
+    Hosts expose each field with the prefix ``scale_`` (``scale_answer_weight_start``
+    and so on); the names and meanings are identical everywhere.
+    """
+
+    think_open: str = _opt(
+        "<think>", "Opening tag of the reasoning segment (a string; may be one special token or several BPE pieces)."
+    )
+    think_close: str = _opt(
+        "</think>",
+        "Closing tag of the reasoning segment. A closer without an opener in the supervised text (templates that put the opener in the prompt) makes everything before it think.",
+    )
+    schedule: str = _opt(
+        "cosine", "How the answer weight moves over training progress p = step / max_steps.", choices=SCHEDULES
+    )
+    answer_weight_start: float = _opt(
+        0.1, "Answer weight at p = 0 (think weight = 1 - answer weight).", minimum=0.0, maximum=1.0
+    )
+    answer_weight_end: float = _opt(
+        0.9, "Answer weight at p = 1 (think weight = 1 - answer weight).", minimum=0.0, maximum=1.0
+    )
+    step_at: float = _opt(
+        0.5,
+        "For schedule 'step': progress at which the answer weight jumps from start to end.",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    normalization: str = _opt(
+        "sample",
+        "'sample': per-sample segment means, averaged over the samples having that segment in the optimizer step (length-independent; the SCALe default). 'token': one weighted mean over all supervised tokens of the step (equal weights give exactly the stock loss).",
+        choices=NORMALIZATIONS,
+    )
+    extra_segments: tuple[ExtraSegment, ...] = _opt(
+        (),
+        "Extra tagged segments, each {name, open, close, weight_start, weight_end} (or 'name:<open>:</close>:w0:w1'); they take their tokens from the enclosing segment.",
+    )
+    on_missing_think: str = _opt(
+        "warn",
+        "What to do when a whole optimizer step has supervised tokens but no think tokens: 'warn' (once, then counted in scale/steps_without_think), 'error', or 'ignore'.",
+        choices=MISSING_TAG_POLICIES,
+    )
+    ignore_index: int = _opt(-100, "Label value of tokens that are not supervised.")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_segments", tuple(ExtraSegment.parse(e) for e in (self.extra_segments or ())))
+        self.validate()
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ScaleConfigError(f"{f.name}: {value!r} is not allowed; choose one of {list(choices)}")
+            if "minimum" in f.metadata:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ScaleConfigError(f"{f.name}: must be a number, got {value!r}")
+                lo, hi = f.metadata["minimum"], f.metadata["maximum"]
+                if not lo <= value <= hi:
+                    raise ScaleConfigError(f"{f.name}: {value!r} is out of range; allowed: {lo} <= {f.name} <= {hi}")
+        for key in ("think_open", "think_close"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ScaleConfigError(f"{key}: must be a non-empty string")
+        if self.think_open == self.think_close:
+            raise ScaleConfigError("think_open/think_close: the two tags must differ")
+        if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int):
+            raise ScaleConfigError(f"ignore_index: must be an integer, got {self.ignore_index!r}")
+        names = set(RESERVED_SEGMENT_NAMES)
+        for extra in self.extra_segments:
+            if not extra.name or extra.name in names:
+                raise ScaleConfigError(
+                    f"extra_segments: name {extra.name!r} is empty, reserved or duplicated; reserved: {list(RESERVED_SEGMENT_NAMES)}"
+                )
+            names.add(extra.name)
+            if not extra.open_tag or not extra.close_tag or extra.open_tag == extra.close_tag:
+                raise ScaleConfigError(
+                    f"extra_segments[{extra.name}]: 'open' and 'close' must be two different non-empty tags"
+                )
+            for w in (extra.weight_start, extra.weight_end):
+                if not w >= 0.0:
+                    raise ScaleConfigError(f"extra_segments[{extra.name}]: weights must be >= 0, got {w!r}")
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        """Names of the weighted segments, in segment-id order (id = index + 1; 0 is ignored)."""
+        return ("think", "answer", *(e.name for e in self.extra_segments))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], prefix: str = "") -> ScaleOptions:
+        """Build from a mapping, reading ``prefix + name`` keys; unknown prefixed keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix) :]
+            if name not in known:
+                raise ScaleConfigError(f"{key}: unknown SCALe option; known: {sorted(prefix + k for k in known)}")
+            if value is not None:
+                kwargs[name] = value
+        return cls(**kwargs)
+
+    def to_dict(self, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra_segments":
+                value = [dataclasses.asdict(e) for e in value]
+            out[prefix + f.name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One option as an adapter sees it: to build a config field of its own."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+
+
+def option_fields() -> Iterator[OptionField]:
+    """The SCALe options in definition order, for adapters to mirror as config fields."""
+    types = {"str": str, "float": float, "int": int}
+    for f in dataclasses.fields(ScaleOptions):
+        type_name = str(f.type)
+        typ = types.get(type_name, list)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        yield OptionField(f.name, typ, default, f.metadata["help"], f.metadata.get("choices"))

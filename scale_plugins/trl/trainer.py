@@ -1,0 +1,75 @@
+"""``ScaleSFTTrainer``: TRL's ``SFTTrainer`` with the SCALe loss. Takes exactly what SFTTrainer takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from trl import SFTTrainer
+
+from ..core import ScaleConfigError, SegmentBatch, TokenWeights, scale_loss_from_log_probs
+from ..hf import ScaleTrainerMixin
+from .config import ScaleSFTConfig
+
+
+class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
+    """Drop-in ``SFTTrainer``: pass a :class:`ScaleSFTConfig` (a plain ``SFTConfig`` gets the SCALe defaults).
+
+    The per-token log-probs come from TRL's fused LM head (no [B, T, V] logits); on TRL versions without it,
+    the core's chunked cross-entropy over the logits is used.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        args_ = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if args_ is not None and not isinstance(args_, ScaleSFTConfig):
+            raise ScaleConfigError("ScaleSFTTrainer needs a ScaleSFTConfig (from scale_plugins.trl) as `args`")
+        if kwargs.get("compute_loss_func") is not None:
+            raise ScaleConfigError("compute_loss_func: SCALe is the loss; do not pass another one")
+        super().__init__(*args, **kwargs)
+        self.scale_setup(self.args.scale_options(), self.processing_class)
+        self._scale_fused_head = _has_fused_head(self.model)
+
+    def scale_per_token_loss(
+        self, model: Any, inputs: dict[str, Any], segments: SegmentBatch, weights: TokenWeights
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        if not self._scale_fused_head:
+            return super().scale_per_token_loss(model, inputs, segments, weights)
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        log_probs = outputs.log_probs  # aligned with labels[:, 1:] (or with shift_labels, same length)
+        if log_probs.shape[-1] == segments.segment_ids.shape[-1] - 1:
+            log_probs = torch.nn.functional.pad(log_probs, (0, 1))
+        loss = scale_loss_from_log_probs(log_probs, weights)
+        self._record_trl_metrics(inputs, outputs)
+        return loss, -log_probs.detach(), outputs
+
+    def _record_trl_metrics(self, inputs: dict[str, Any], outputs: Any) -> None:
+        """TRL's own metrics (entropy, mean_token_accuracy, num_tokens), as SFTTrainer.compute_loss records them."""
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(outputs.label_mask.sum()).sum()
+        if outputs.entropy is not None:
+            entropy = gather(outputs.entropy.detach().sum()).sum()
+            self._metrics[mode]["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
+        if outputs.is_top1 is not None:
+            correct = gather(outputs.is_top1.sum()).sum()
+            self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                tokens = gather(inputs["attention_mask"].sum()).sum().item()
+            else:
+                tokens = (
+                    gather(torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device))
+                    .sum()
+                    .item()
+                )
+            self._total_train_tokens += tokens // getattr(self, "_tp_size", 1)
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+
+def _has_fused_head(model: Any) -> bool:
+    """Whether TRL patched the model with its fused LM head (TRL >= 1.x does at SFTTrainer init)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    forward = getattr(base, "forward", None)
+    code = getattr(getattr(forward, "__func__", forward), "__code__", None)
+    return code is not None and "fused_lm_head" in code.co_varnames

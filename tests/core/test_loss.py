@@ -1,0 +1,200 @@
+"""SCALe loss against plain references: stock CE, explicit per-sample loops, split invariance."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scale_plugins.core import (
+    ScaleOptions,
+    SegmentBatch,
+    StepCounts,
+    components,
+    local_counts,
+    scale_loss_from_log_probs,
+    scale_loss_from_logits,
+    shift_targets,
+    token_weights,
+)
+
+from .toy import ContextFreeLM, make_sample, pack, pad_batch, tagger_for
+
+EQUAL = ScaleOptions(schedule="constant", answer_weight_start=0.5, normalization="token")
+
+
+def stock_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """transformers' ForCausalLMLoss: mean CE over labels[:, 1:] != -100, in float32."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+def reference_scale_loss(logits, labels, segments: SegmentBatch, weights, normalization) -> torch.Tensor:
+    """Explicit loops over samples and segments: the definition in METHOD.md, nothing shared with the core."""
+    targets = shift_targets(labels)
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1).clamp(min=0), reduction="none"
+    )
+    ce = ce.view(targets.shape)
+    seg, sid = segments.segment_ids, segments.sample_ids
+    total = logits.new_zeros((), dtype=torch.float32)
+    if normalization == "sample":
+        for k, w in enumerate(weights, start=1):
+            means = [
+                ce[(seg == k) & (sid == s)].mean()
+                for s in range(segments.num_samples)
+                if ((seg == k) & (sid == s)).any()
+            ]
+            if means:
+                total = total + w * torch.stack(means).mean()
+        return total
+    num = sum(w * ce[seg == k].sum() for k, w in enumerate(weights, start=1))
+    den = sum(w * (seg == k).sum() for k, w in enumerate(weights, start=1))
+    return num / den if den > 0 else total
+
+
+def batch_of(n: int, seed: int = 0, **kw):
+    rng = random.Random(seed)
+    return [make_sample(rng, **kw) for _ in range(n)]
+
+
+def scale_step(model, micro_batches, options: ScaleOptions, step=3, max_steps=10, counts=None):
+    """Loss of one optimizer step made of micro-batches (list of (ids, labels, position_ids))."""
+    from scale_plugins.core import segment_weights
+
+    tagger = tagger_for(options)
+    segs = [tagger.tag(lab, pos) for _, lab, pos in micro_batches]
+    if counts is None:
+        acc = StepCounts(2)
+        for s in segs:
+            acc.add(s)
+        counts = acc.counts
+    ws = segment_weights(step, max_steps, options)
+    total = 0.0
+    for (ids, lab, _), s in zip(micro_batches, segs):
+        tw = token_weights(s, ws, counts, options.normalization)
+        loss, _ = scale_loss_from_logits(model(ids), shift_targets(lab), tw)
+        total = total + loss
+    return total
+
+
+def grads(model, loss):
+    return [g.clone() for g in torch.autograd.grad(loss, list(model.parameters()))]
+
+
+def test_equal_weights_token_normalization_is_stock_ce():
+    model = ContextFreeLM()
+    ids, labels = pad_batch(batch_of(8))
+    logits = model(ids)
+    ours = scale_step(model, [(ids, labels, None)], EQUAL)
+    ref = stock_loss(logits, labels)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-6)
+    for a, b in zip(grads(model, ours), grads(model, stock_loss(model(ids), labels))):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["sample", "token"])
+def test_matches_explicit_reference(normalization):
+    from scale_plugins.core import segment_weights
+
+    options = ScaleOptions(normalization=normalization)
+    model = ContextFreeLM()
+    samples = batch_of(6, seed=1) + batch_of(1, seed=2, think=False) + batch_of(1, seed=3, answer=False)
+    ids, labels = pad_batch(samples)
+    segs = tagger_for(options).tag(labels)
+    ws = segment_weights(2, 10, options)
+    tw = token_weights(segs, ws, local_counts(segs, 2), normalization)
+    ours, _ = scale_loss_from_logits(model(ids), shift_targets(labels), tw)
+    ref = reference_scale_loss(model(ids), labels, segs, ws, normalization)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    for a, b in zip(
+        grads(model, ours), grads(model, reference_scale_loss(model(ids), labels, segs, ws, normalization))
+    ):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["sample", "token"])
+def test_gradient_accumulation_is_exact(normalization):
+    options = ScaleOptions(normalization=normalization)
+    model = ContextFreeLM()
+    samples = batch_of(8, seed=4)
+    ids, labels = pad_batch(samples)
+    full = grads(model, scale_step(model, [(ids, labels, None)], options))
+    micro = []
+    for i in range(0, 8, 2):
+        mid, mlab = pad_batch(samples[i : i + 2])
+        micro.append((mid, mlab, None))
+    split = grads(model, scale_step(model, micro, options))
+    for a, b in zip(full, split):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["sample", "token"])
+def test_padding_and_packing_do_not_change_the_loss(normalization):
+    options = ScaleOptions(normalization=normalization)
+    model = ContextFreeLM()
+    samples = batch_of(5, seed=5)
+    # Packed rows mask each sample's first label; do the same in the padded batches so all see one set of targets.
+    samples = [(i, [-100] + lab[1:]) for i, lab in samples]
+    ids, labels = pad_batch(samples)
+    base = scale_step(model, [(ids, labels, None)], options)
+    ids2, labels2 = pad_batch(samples, extra_pad=17)
+    padded = scale_step(model, [(ids2, labels2, None)], options)
+    pids, plabels, pos = pack(samples)
+    packed = scale_step(model, [(pids, plabels, pos)], options)
+    assert torch.allclose(base, padded, atol=1e-6)
+    assert torch.allclose(base, packed, atol=1e-6)
+    for a, b in zip(grads(model, base), grads(model, scale_step(model, [(pids, plabels, pos)], options))):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_log_probs_path_equals_logits_path():
+    options = ScaleOptions()
+    model = ContextFreeLM()
+    ids, labels = pad_batch(batch_of(4, seed=6))
+    segs = tagger_for(options).tag(labels)
+    tw = token_weights(segs, (0.3, 0.7), local_counts(segs, 2), "sample")
+    logits = model(ids)
+    a, ce = scale_loss_from_logits(logits, shift_targets(labels), tw)
+    targets = shift_targets(labels)
+    lp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    lp = lp.masked_fill(targets == -100, 0.0)
+    b = scale_loss_from_log_probs(lp, tw)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(ce, -lp.detach(), atol=1e-5)
+
+
+def test_components_sum_to_segment_losses():
+    options = ScaleOptions(normalization="sample")
+    model = ContextFreeLM()
+    samples = batch_of(6, seed=7)
+    ids, labels = pad_batch(samples)
+    segs = tagger_for(options).tag(labels)
+    counts = local_counts(segs, 2)
+    tw = token_weights(segs, (0.25, 0.75), counts, "sample")
+    _, ce = scale_loss_from_logits(model(ids), shift_targets(labels), tw)
+    parts = components(ce, segs, tw, 2)
+    think_ref = reference_scale_loss(model(ids), labels, segs, (1.0, 0.0), "sample")
+    answer_ref = reference_scale_loss(model(ids), labels, segs, (0.0, 1.0), "sample")
+    assert math.isclose(parts.segment_loss[0].item(), think_ref.item(), rel_tol=1e-5)
+    assert math.isclose(parts.segment_loss[1].item(), answer_ref.item(), rel_tol=1e-5)
+    assert parts.segment_tokens.sum().item() == (segs.segment_ids > 0).sum().item()
+
+
+def test_no_float32_copy_of_bf16_logits_is_kept():
+    """bf16 logits: the loss is computed in float32 chunks, the gradient comes back in bf16."""
+    options = ScaleOptions()
+    ids, labels = pad_batch(batch_of(4, seed=8))
+    logits = torch.randn(*ids.shape, 64, dtype=torch.bfloat16, requires_grad=True)
+    labels = labels.clamp(max=63)
+    segs = tagger_for(options).tag(labels)
+    tw = token_weights(segs, (0.5, 0.5), local_counts(segs, 2), "token")
+    loss, _ = scale_loss_from_logits(logits, shift_targets(labels), tw, chunk_rows=3)
+    (g,) = torch.autograd.grad(loss, logits)
+    assert g.dtype == torch.bfloat16
+    ref = stock_loss(logits.float(), labels)
+    assert torch.allclose(loss.float(), ref, atol=2e-2)

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scale_plugins.core import (
+    ExtraSegment,
+    ScaleConfigError,
+    ScaleOptions,
+    answer_weight,
+    option_fields,
+    segment_weights,
+)
+
+
+def test_defaults_follow_method():
+    o = ScaleOptions()
+    assert (o.think_open, o.think_close) == ("<think>", "</think>")
+    assert (o.schedule, o.answer_weight_start, o.answer_weight_end, o.normalization) == ("cosine", 0.1, 0.9, "sample")
+    assert o.segment_names == ("think", "answer")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        (
+            {"schedule": "cosin"},
+            "schedule: 'cosin' is not allowed; choose one of ['cosine', 'linear', 'constant', 'step']",
+        ),
+        ({"normalization": "tokens"}, "normalization: 'tokens'"),
+        ({"answer_weight_start": 1.5}, "answer_weight_start: 1.5 is out of range"),
+        ({"answer_weight_end": "high"}, "answer_weight_end: must be a number"),
+        ({"think_open": ""}, "think_open: must be a non-empty string"),
+        ({"think_open": "<t>", "think_close": "<t>"}, "must differ"),
+        ({"on_missing_think": "panic"}, "on_missing_think"),
+        ({"ignore_index": "x"}, "ignore_index"),
+        ({"extra_segments": [{"name": "think", "open": "<a>", "close": "</a>"}]}, "reserved"),
+        ({"extra_segments": [{"name": "p", "open": "<a>", "close": "</a>", "colour": 1}]}, "unknown field"),
+        ({"extra_segments": ["p:<a>"]}, "must look like"),
+    ],
+)
+def test_invalid_options_name_the_key(kwargs, needle):
+    with pytest.raises(ScaleConfigError, match=None) as err:
+        ScaleOptions(**kwargs)
+    assert needle in str(err.value)
+
+
+def test_from_dict_with_prefix_rejects_unknown_keys():
+    o = ScaleOptions.from_dict({"scale_schedule": "linear", "other": 1}, prefix="scale_")
+    assert o.schedule == "linear"
+    with pytest.raises(ScaleConfigError, match="scale_shedule: unknown SCALe option"):
+        ScaleOptions.from_dict({"scale_shedule": "linear"}, prefix="scale_")
+    assert ScaleOptions.from_dict(o.to_dict("scale_"), prefix="scale_") == o
+
+
+def test_extra_segments_parse_from_yaml_and_cli_forms():
+    a = ScaleOptions(
+        extra_segments=[{"name": "perception", "open": "<perception>", "close": "</perception>", "weight": 0.3}]
+    )
+    b = ScaleOptions(extra_segments=["perception:<perception>:</perception>:0.3"])
+    assert a == b
+    assert a.extra_segments[0] == ExtraSegment("perception", "<perception>", "</perception>", 0.3, 0.3)
+    assert a.segment_names == ("think", "answer", "perception")
+
+
+def test_every_option_is_documented():
+    for f in option_fields():
+        assert len(f.help) > 20, f.name
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "step"])
+def test_schedules_endpoints_and_monotonic(schedule):
+    o = ScaleOptions(schedule=schedule)
+    ws = [answer_weight(s, 100, o) for s in range(101)]
+    assert math.isclose(ws[0], 0.1)
+    assert math.isclose(ws[-1], 0.1 if schedule == "constant" else 0.9)
+    assert all(b >= a - 1e-12 for a, b in zip(ws, ws[1:]))
+    for s in range(0, 101, 7):
+        think, answer = segment_weights(s, 100, o)
+        assert math.isclose(think + answer, 1.0)
+
+
+def test_cosine_midpoint_and_resume_is_exact():
+    o = ScaleOptions()
+    assert math.isclose(answer_weight(50, 100, o), 0.5)
+    # a pure function of (step, max_steps): a resumed run gets exactly the same weights
+    assert [answer_weight(s, 37, o) for s in range(20, 37)] == [answer_weight(s, 37, o) for s in range(20, 37)]
+    assert answer_weight(500, 100, o) == answer_weight(100, 100, o)
+
+
+def test_step_schedule_and_bad_max_steps():
+    o = ScaleOptions(schedule="step", step_at=0.25)
+    assert answer_weight(24, 100, o) == 0.1 and answer_weight(25, 100, o) == 0.9
+    with pytest.raises(ScaleConfigError, match="max_steps"):
+        answer_weight(1, 0, o)
