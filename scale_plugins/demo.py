@@ -48,18 +48,18 @@ def plot_history(log_history: list[dict], path: Path, segment_names: tuple[str, 
 
 def run_demo(
     output_dir: str = "scale_demo",
-    max_steps: int = 60,
+    max_steps: int = 200,
     batch_size: int = 8,
     options: ScaleOptions | None = None,
     seed: int = 0,
-    hidden_size: int = 64,
+    hidden_size: int = 128,
     learning_rate: float = 3e-3,
 ) -> dict:
     import datasets
     import transformers
 
     from .data import load_bundled
-    from .hf.tiny import qwen_tokenizer, tiny_causal_lm
+    from .hf.tiny import bpe_tokenizer, tiny_causal_lm
     from .trl import ScaleSFTConfig, ScaleSFTTrainer
 
     options = options or ScaleOptions()
@@ -69,7 +69,7 @@ def run_demo(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = qwen_tokenizer(qwen3_specials=True)
+    tokenizer = bpe_tokenizer()
     model = tiny_causal_lm(tokenizer, hidden_size=hidden_size, num_layers=2, seed=seed)
     dataset = datasets.Dataset.from_list([{"messages": s["messages"]} for s in load_bundled()])
     config = ScaleSFTConfig(
@@ -81,6 +81,7 @@ def run_demo(
         warmup_steps=max(1, max_steps // 20),
         logging_steps=max(1, max_steps // 12),
         max_length=256,
+        assistant_only_loss=True,  # supervise the assistant turn only, as CoT SFT does
         use_cpu=True,
         bf16=False,
         gradient_checkpointing=False,
