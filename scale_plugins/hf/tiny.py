@@ -353,7 +353,7 @@ def tiny_causal_lm(
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache
 def bpe_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A small byte-level BPE trained offline on the bundled synthetic CoT texts (well under a second).
 

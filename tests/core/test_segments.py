@@ -252,7 +252,7 @@ def test_tokenizer_shapes(tokenizers: dict) -> None:
     ],
 )
 def test_pieces_reproduce_text(tok, table: TokenTable, name: str, text: str) -> None:
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids = tok(text)["input_ids"]  # none of the three adds a bos/eos
     joined = b"".join(table.pieces[i] for i in ids)
     if name == "sentencepiece" and not text.startswith(("<|im_start|>", " ")):
         # Llama/Mistral-style dummy prefix: "Hello" is "▁H ell o", the first piece carries a space.
@@ -310,6 +310,22 @@ def test_tags_merging_with_neighbours(tok, table: TokenTable, content: str) -> N
     # Every think token's text lies between an opener start and a closer end (character view).
     think_text = text_of(enc, seg, THINK)
     assert think_text.count("<think>") == think_text.count("</think>") == content.count("<think>")
+
+
+@pytest.mark.parametrize(
+    ("content", "think", "not_think"),
+    [
+        ("a</think>b</think>c<answer>1</answer>", "b</think>", "answer>1"),
+        # A stray closer after a complete block: think from the end of that block, not from the run start.
+        ("Y<think>a</think>X</think>Z<answer>1</answer>", "X</think>", "Y"),
+        ("<think>a<think>b</think>c</think><answer>2</answer>", "a<think>b</think>c</think>", "answer>2"),
+    ],
+)
+def test_stray_and_nested_tags(tok, table: TokenTable, content: str, think: str, not_think: str) -> None:
+    enc = encode_parts(tok, chat_parts([user("q"), assistant(content)]))
+    seg = check(table, OPTS, enc)
+    assert think in text_of(enc, seg, THINK)
+    assert not_think in text_of(enc, seg, ANSWER)
 
 
 def test_multi_turn_each_turn_its_own_run(tok, table: TokenTable) -> None:
@@ -472,10 +488,17 @@ def test_packed_rows_do_not_leak(tok, table: TokenTable) -> None:
     b = encode_parts(tok, [("def</think>ghi<answer>1</answer><|im_end|>", True), ("\n", False)])
     c = encode_parts(tok, chat_parts([user("x"), assistant("<answer>only</answer>")]))
     d = encode_parts(tok, chat_parts([user("y"), assistant("<think>p</think><answer>q</answer>")]))
-    assert a.supervised[-1] and b.supervised[0]
+    # Joined runs would make these differ from per-sample tagging: an answer-only run before an
+    # orphan closer (which would turn it into think), and an open block before a closer-less sample.
+    e = encode_parts(tok, [("<|im_start|>assistant\n", False), ("<answer>5</answer><|im_end|>", True)])
+    f = encode_parts(tok, [("x</think><answer>6</answer><|im_end|>", True)])
+    g = encode_parts(tok, [("plain answer<answer>7</answer>", True)])
+    assert a.supervised[-1] and b.supervised[0] and e.supervised[-1] and f.supervised[0] and g.supervised[0]
     _pack([a, b, c, d], OPTS, table)
     _pack([b, a], OPTS, table)
     _pack([c, a, d, b], OPTS_EXTRA, table)
+    _pack([e, f], OPTS, table)
+    _pack([a, g], OPTS, table)
 
 
 def test_batch_rows_are_separate_samples(tok, table: TokenTable) -> None:
@@ -579,7 +602,7 @@ def _case(draw: st.DrawFn) -> tuple[list[str], list[tuple[int, bool]], list[int]
     return ["".join(s) for s in samples], mask_runs, prefix_lengths
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=_case())
 def test_property_tagger_equals_reference(tokenizers: dict, tables: dict, case) -> None:
     texts, mask_runs, prefix_lengths = case

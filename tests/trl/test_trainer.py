@@ -1,0 +1,208 @@
+"""ScaleSFTTrainer against stock SFTTrainer and against itself under different step splits."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from scale_plugins.core import ScaleConfigError, ScaleOptions, answer_weight
+from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
+
+from . import helpers
+
+EQUAL = dict(scale_schedule="constant", scale_answer_weight_start=0.5, scale_normalization="token")
+
+
+def one_step(trainer, num_batches: int = 1):
+    """Loss and gradients of the first optimizer step, through the trainer's own machinery."""
+    model = trainer.model
+    model.train()
+    batches, num_items = trainer.get_batch_samples(
+        iter(trainer.get_train_dataloader()), num_batches, trainer.args.device
+    )
+    total = 0.0
+    for batch in batches:
+        trainer.current_gradient_accumulation_steps = len(batches)
+        loss = trainer.training_step(model, batch, num_items)
+        total += float(loss)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return total, grads
+
+
+def assert_same_grads(a, b, atol=1e-6, rtol=1e-5):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=atol, rtol=rtol), name
+
+
+@pytest.mark.parametrize("kind", ["prompt-completion", "messages"])
+def test_equal_weights_token_normalization_match_stock(tmp_path, tokenizer, kind):
+    extra = {"assistant_only_loss": True} if kind == "messages" else {}
+    data = helpers.dataset(8, kind=kind)
+    stock = SFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(SFTConfig, tmp_path / "a", **extra),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    ours = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path / "b", **extra, **EQUAL),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    loss_a, grads_a = one_step(stock)
+    loss_b, grads_b = one_step(ours)
+    assert math.isclose(loss_a, loss_b, rel_tol=1e-6, abs_tol=1e-6)
+    assert_same_grads(grads_a, grads_b)
+
+
+@pytest.mark.parametrize("normalization", ["sample", "token"])
+def test_gradient_accumulation_is_exact(tmp_path, tokenizer, normalization):
+    data = helpers.dataset(8)
+    opts = dict(scale_normalization=normalization)
+    full = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path / "a", per_device_train_batch_size=8, **opts),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    split = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(
+            ScaleSFTConfig, tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=4, **opts
+        ),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    loss_a, grads_a = one_step(full, 1)
+    loss_b, grads_b = one_step(split, 4)
+    assert math.isclose(loss_a, loss_b, rel_tol=1e-5)
+    assert_same_grads(grads_a, grads_b)
+
+
+@pytest.mark.parametrize("normalization", ["sample", "token"])
+def test_packing_matches_padding(tmp_path, tokenizer, normalization):
+    data = helpers.dataset(8)
+    opts = dict(scale_normalization=normalization)
+    padded = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path / "a", per_device_train_batch_size=8, **opts),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    packed = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(
+            ScaleSFTConfig, tmp_path / "b", per_device_train_batch_size=1, packing=True, max_length=4096, **opts
+        ),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    batch = next(iter(packed.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"] == 0).sum()) == 8  # all 8 in one row
+    loss_a, grads_a = one_step(padded)
+    loss_b, grads_b = one_step(packed)
+    assert math.isclose(loss_a, loss_b, rel_tol=1e-5)
+    assert_same_grads(grads_a, grads_b, atol=1e-5, rtol=1e-4)
+
+
+def test_end_to_end_logs_follow_the_schedule(tmp_path, tokenizer):
+    trainer = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path, max_steps=5),
+        train_dataset=helpers.dataset(20),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    rows = [r for r in trainer.state.log_history if "scale/answer_weight" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    options = ScaleOptions()
+    for r in rows:
+        assert math.isclose(r["scale/answer_weight"], answer_weight(r["step"] - 1, 5, options), rel_tol=1e-9)
+        assert math.isclose(r["scale/think_weight"] + r["scale/answer_weight"], 1.0)
+        assert r["scale/think_tokens"] > 0 and r["scale/answer_tokens"] > 0
+        assert math.isfinite(r["scale/think_loss"]) and math.isfinite(r["scale/answer_loss"])
+        # the logged loss is the SCALe mix of the logged segment losses
+        mix = r["scale/think_weight"] * r["scale/think_loss"] + r["scale/answer_weight"] * r["scale/answer_loss"]
+        assert math.isclose(r["loss"], mix, rel_tol=1e-4)
+        assert "entropy" in r and "mean_token_accuracy" in r  # TRL's own metrics still work
+
+
+def test_resume_continues_the_schedule_exactly(tmp_path, tokenizer):
+    data = helpers.dataset(24)
+    args = dict(
+        max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=2, scale_schedule="linear"
+    )
+    full = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path / "a", **args),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    full.train()
+    resumed = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path / "a", **args),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    want = {r["step"]: r for r in full.state.log_history if "scale/answer_weight" in r}
+    got = {r["step"]: r for r in resumed.state.log_history if "scale/answer_weight" in r and r["step"] > 2}
+    assert sorted(got) == [3, 4]
+    for step, row in got.items():
+        assert row["scale/answer_weight"] == want[step]["scale/answer_weight"]
+        assert math.isclose(row["loss"], want[step]["loss"], rel_tol=1e-4)
+
+
+def test_missing_think_tags_warn_once_and_are_counted(tmp_path, tokenizer, caplog):
+    trainer = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path, max_steps=3),
+        train_dataset=helpers.dataset(12, think=False),
+        processing_class=tokenizer,
+    )
+    with caplog.at_level(logging.WARNING, logger="scale_plugins"):
+        trainer.train()
+    warnings = [r for r in caplog.records if "no '<think>'" in r.getMessage()]
+    assert len(warnings) == 1
+    last = [r for r in trainer.state.log_history if "scale/steps_without_think" in r][-1]
+    assert last["scale/steps_without_think"] == 3
+    assert all(math.isfinite(r["loss"]) for r in trainer.state.log_history if "loss" in r)
+
+
+def test_missing_think_tags_can_be_an_error(tmp_path, tokenizer):
+    from scale_plugins.hf import ScaleDataError
+
+    trainer = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path, scale_on_missing_think="error"),
+        train_dataset=helpers.dataset(8, think=False),
+        processing_class=tokenizer,
+    )
+    with pytest.raises(ScaleDataError, match="scale_on_missing_think=error"):
+        trainer.train()
+
+
+def test_config_validation_names_the_key(tmp_path):
+    with pytest.raises(ScaleConfigError, match="scale_answer_weight_end"):
+        helpers.config(ScaleSFTConfig, tmp_path, scale_answer_weight_end=2.0)
+    with pytest.raises(ScaleConfigError, match="scale_schedule"):
+        helpers.config(ScaleSFTConfig, tmp_path, scale_schedule="exp")
+    with pytest.raises(ScaleConfigError, match="loss_type"):
+        helpers.config(ScaleSFTConfig, tmp_path, loss_type="dft")
+
+
+def test_plain_sftconfig_is_refused(tmp_path, tokenizer):
+    with pytest.raises(ScaleConfigError, match="ScaleSFTConfig"):
+        ScaleSFTTrainer(
+            model=helpers.model(tokenizer),
+            args=helpers.config(SFTConfig, tmp_path),
+            train_dataset=helpers.dataset(4),
+            processing_class=tokenizer,
+        )
