@@ -14,7 +14,7 @@ AXOLOTL_ENV := $(VENVS)/axolotl
 $(TRL_ENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(TRL_ENV)
 	$(TRL_ENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
-	$(TRL_ENV)/bin/pip install $(PIP_FLAGS) -e ".[trl,dev]"
+	DS_BUILD_OPS=0 $(TRL_ENV)/bin/pip install $(PIP_FLAGS) -e ".[trl,dev,deepspeed]"
 	touch $@
 
 $(AXOLOTL_ENV)/.installed: pyproject.toml $(CONSTRAINTS)

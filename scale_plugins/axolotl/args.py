@@ -1,0 +1,144 @@
+"""The YAML keys of the Axolotl adapter: ``loss: scale`` plus every SCALe option as ``scale_<name>``.
+
+The ``scale_*`` fields are derived from :func:`scale_plugins.core.option_fields` (same names, defaults and
+help text as every other host); their values are validated by :class:`ScaleOptions` itself, so a bad value
+is rejected with the same message everywhere, naming the ``scale_`` key. Axolotl merges :class:`ScaleArgs`
+into its config schema when the plugin is listed under ``plugins:``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
+
+from ..core import ScaleConfigError, ScaleOptions, option_fields
+
+PREFIX = "scale_"
+PLUGIN_PATH = "scale_plugins.axolotl.ScalePlugin"
+OPTION_KEYS = tuple(PREFIX + opt.name for opt in option_fields())
+_NUMERIC_KEYS = tuple(PREFIX + opt.name for opt in option_fields() if opt.type in (int, float))
+
+# Config keys that replace or bypass the loss SCALe computes: with `loss: scale` each would either be
+# silently ignored or silently win over SCALe, so the combination is refused.
+CONFLICTING_KEYS: dict[str, str] = {
+    "rl": "SCALe is a supervised fine-tuning loss; `rl:` runs (DPO, GRPO, ...) use their own losses. "
+    "Remove `loss: scale` from the RL config (SCALe-SFT first, then GRPO from its checkpoint).",
+    "cut_cross_entropy": "Cut Cross Entropy replaces the model's loss with a fused kernel that SCALe cannot weight. "
+    "Set `cut_cross_entropy: false` or remove the CutCrossEntropyPlugin.",
+    "liger_fused_linear_cross_entropy": "Liger's fused linear cross-entropy replaces the model's loss with a kernel "
+    "that SCALe cannot weight. Set `liger_fused_linear_cross_entropy: false`.",
+    "liger_cross_entropy": "Liger's cross-entropy patches the model's loss, which SCALe does not use (it would have "
+    "no effect). Set `liger_cross_entropy: false`.",
+    "chunked_cross_entropy": "Axolotl's chunked cross-entropy patches the model's loss, which SCALe does not use "
+    "(SCALe already computes its cross-entropy in chunks). Set `chunked_cross_entropy: false`.",
+    "flash_attn_cross_entropy": "flash-attn's cross-entropy patches the model's loss, which SCALe does not use. "
+    "Set `flash_attn_cross_entropy: false`.",
+    "use_eaft": "EAFT is another loss (compute_loss_func); it cannot be combined with SCALe.",
+    "orpo_alpha": "ORPO computes its own loss; it cannot be combined with SCALe.",
+    "kd_trainer": "Knowledge distillation brings its own trainer and loss; it cannot be combined with SCALe.",
+    "reward_model": "Reward-model training has its own loss; it cannot be combined with SCALe.",
+    "process_reward_model": "Process-reward-model training has its own loss; it cannot be combined with SCALe.",
+    "trainer_cls": "SCALe needs its own trainer (ScaleAxolotlTrainer); a custom `trainer_cls` would be ignored. "
+    "Subclass scale_plugins.axolotl.trainer.ScaleAxolotlTrainer instead and drop `loss: scale` only if you "
+    "install that trainer yourself.",
+}
+
+
+def _is_cce_plugin(name: Any) -> bool:
+    return isinstance(name, str) and "cut_cross_entropy" in name
+
+
+def _conflicts(data: Mapping[str, Any]) -> list[str]:
+    """Messages for every key of ``data`` that must not be combined with ``loss: scale``."""
+    found = [f"{key}: {why}" for key, why in CONFLICTING_KEYS.items() if data.get(key)]
+    # Listing the CCE plugin turns it on: its own `cut_cross_entropy` key defaults to true.
+    if any(_is_cce_plugin(p) for p in data.get("plugins") or ()) and data.get("cut_cross_entropy") is None:
+        found.append(
+            f"plugins: the CutCrossEntropyPlugin is listed (it enables itself). {CONFLICTING_KEYS['cut_cross_entropy']}"
+        )
+    return found
+
+
+def _option_field(opt: Any) -> tuple[Any, Any]:
+    """(annotation, FieldInfo) of one ``scale_<name>`` key, from the core's definition of the option.
+
+    The pydantic default is ``None`` and the core applies the real default (shown in the description):
+    a key the user did not write never appears in the validated config, so "scale_* keys without
+    ``loss: scale``" is detected exactly, also when Axolotl validates an already validated config again.
+    """
+    default = list(opt.default) if isinstance(opt.default, tuple) else opt.default
+    help_text = f"SCALe: {opt.help} Default: {default!r}."
+    extra: dict[str, Any] = {"description": help_text, "scale_default": default}
+    if opt.choices:
+        extra["choices"] = list(opt.choices)
+    if opt.name == "extra_segments":
+        # YAML: a list of {name, open, close, weight_start, weight_end}, or 'name:<open>:</close>:w0:w1' strings
+        annotation: Any = list[dict[str, Any] | str] | None
+    else:
+        annotation = opt.type | None
+    return annotation, Field(default=None, description=help_text, json_schema_extra=extra)
+
+
+class _ScaleArgsBase(BaseModel):
+    """``loss: scale`` turns SCALe on; the ``scale_*`` fields (added from the core's options) configure it."""
+
+    loss: Literal["scale"] | None = Field(
+        default=None,
+        description="SCALe: set to `scale` to train with the SCALe segment-weighted loss "
+        "(needs `plugins: [scale_plugins.axolotl.ScalePlugin]`).",
+        json_schema_extra={"description": "Set to `scale` to train with the SCALe loss."},
+    )
+
+    @field_validator(*_NUMERIC_KEYS, mode="before", check_fields=False)
+    @classmethod
+    def _no_booleans(cls, value: Any, info: Any) -> Any:
+        # pydantic would quietly read `true` as 1.0
+        if isinstance(value, bool):
+            raise ValueError(f"{info.field_name}: must be a number, got {value!r}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_scale_keys(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        set_keys = [key for key in OPTION_KEYS if data.get(key) is not None]
+        if data.get("loss") != "scale":
+            if set_keys:
+                raise ValueError(
+                    f"{', '.join(set_keys)}: SCALe options are set but `loss: scale` is not, so SCALe would not run. "
+                    "Add `loss: scale` (or remove the scale_* keys)."
+                )
+            return data
+        conflicts = _conflicts(data)
+        if conflicts:
+            raise ValueError("`loss: scale` cannot be combined with:\n  - " + "\n  - ".join(conflicts))
+        return data
+
+    @model_validator(mode="after")
+    def _check_scale_options(self) -> _ScaleArgsBase:
+        scale_options_from_cfg(self.model_dump(include=set(OPTION_KEYS)))
+        return self
+
+
+#: The pydantic model Axolotl merges into its config schema (``ScalePlugin.get_input_args``).
+ScaleArgs = create_model(
+    "ScaleArgs",
+    __base__=_ScaleArgsBase,
+    __module__=__name__,
+    __doc__="Axolotl config keys of SCALe: `loss: scale` and every SCALe option as `scale_<name>`.",
+    **{PREFIX + opt.name: _option_field(opt) for opt in option_fields()},
+)
+
+
+def scale_options_from_cfg(cfg: Mapping[str, Any]) -> ScaleOptions:
+    """The :class:`ScaleOptions` of an Axolotl config (a ``DictDefault`` or any mapping); errors name the key."""
+    values = {key: cfg.get(key) for key in OPTION_KEYS}
+    try:
+        return ScaleOptions.from_dict(values, prefix=PREFIX)
+    except ScaleConfigError as err:
+        raise ScaleConfigError(f"{PREFIX}{err}") from None
+    except TypeError as err:  # e.g. a wrongly typed extra_segments entry
+        raise ScaleConfigError(f"{PREFIX}extra_segments: {err}") from None

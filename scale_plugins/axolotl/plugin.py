@@ -1,0 +1,50 @@
+"""``ScalePlugin``: the Axolotl plugin behind ``loss: scale``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from axolotl.integrations.base import BasePlugin
+
+from ..core import ScaleConfigError
+from .args import PLUGIN_PATH, scale_options_from_cfg
+
+
+def _wants_scale(cfg: Any) -> bool:
+    return cfg.get("loss") == "scale"
+
+
+class ScalePlugin(BasePlugin):
+    """SCALe for Axolotl: list it under ``plugins:`` and set ``loss: scale``.
+
+    - ``get_input_args``: adds ``loss`` and the ``scale_*`` keys (:mod:`.args`) to the config schema;
+    - ``get_trainer_cls``: :class:`~scale_plugins.axolotl.trainer.ScaleAxolotlTrainer` when ``loss: scale``
+      (never for ``rl:`` runs, which the config validation refuses anyway);
+    - ``post_trainer_create``: checks that the trainer Axolotl built is really the SCALe trainer (another
+      plugin's ``get_trainer_cls`` could have won).
+
+    The trainer module is imported only when needed: importing it imports Axolotl's training arguments,
+    which Axolotl assembles from the training-args mixins of the plugins registered *at that moment*.
+    """
+
+    def get_input_args(self) -> str:
+        return "scale_plugins.axolotl.args.ScaleArgs"
+
+    def get_trainer_cls(self, cfg: Any) -> type | None:
+        if not _wants_scale(cfg) or cfg.get("rl"):
+            return None
+        from .trainer import ScaleAxolotlTrainer
+
+        return ScaleAxolotlTrainer.with_options(scale_options_from_cfg(cfg))
+
+    def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
+        if not _wants_scale(cfg):
+            return
+        from .trainer import ScaleAxolotlTrainer
+
+        if not isinstance(trainer, ScaleAxolotlTrainer):
+            raise ScaleConfigError(
+                f"loss: scale is set but Axolotl built a {type(trainer).__name__}, not the SCALe trainer: "
+                "another plugin's get_trainer_cls took precedence (the first plugin to return a trainer wins). "
+                f"Remove that plugin, or list {PLUGIN_PATH} before it."
+            )

@@ -1,0 +1,68 @@
+"""One optimizer step of ScaleSFTTrainer under torchrun (DDP over gloo) or DeepSpeed (CPU accelerator).
+
+Usage: python -m torch.distributed.run --nproc_per_node 2 tests/trl/dist_train.py OUT.json [--deepspeed CFG]
+Writes, from rank 0, the first step's logged loss and grad_norm for each normalization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import helpers  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--deepspeed", default=None)
+    parser.add_argument("--per-device", type=int, default=2)
+    parser.add_argument("--ga", type=int, default=2)
+    args = parser.parse_args()
+    if args.deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")  # before the model exists (ZeRO-3)
+    import torch
+
+    from scale_plugins.hf.tiny import bpe_tokenizer
+    from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
+
+    tokenizer = bpe_tokenizer()
+    results = {}
+    for normalization in ("sample", "token"):
+        config = helpers.config(
+            ScaleSFTConfig,
+            f"/tmp/scale_dist_{os.getpid()}_{normalization}",
+            per_device_train_batch_size=args.per_device,
+            gradient_accumulation_steps=args.ga,
+            max_steps=1,
+            scale_normalization=normalization,
+            deepspeed=args.deepspeed,
+            ddp_backend="gloo",
+        )
+        trainer = ScaleSFTTrainer(
+            model=helpers.model(tokenizer), args=config, train_dataset=helpers.dataset(8), processing_class=tokenizer
+        )
+        trainer.train()
+        row = next(r for r in trainer.state.log_history if "scale/answer_weight" in r)
+        results[normalization] = {
+            "loss": row["loss"],
+            "grad_norm": float(row["grad_norm"]),
+            "answer_loss": row["scale/answer_loss"],
+            "think_loss": row["scale/think_loss"],
+        }
+        del trainer
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(args.out, "w") as f:
+            json.dump(results, f)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Data parallelism and DeepSpeed ZeRO with 2 CPU processes over gloo == one process with the whole batch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
+
+from . import helpers
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+HERE = Path(__file__).parent
+RECIPES = HERE.parents[1] / "recipes" / "deepspeed"
+
+
+@pytest.fixture(scope="module")
+def reference(tokenizer, tmp_path_factory):
+    out = {}
+    for normalization in ("sample", "token"):
+        config = helpers.config(
+            ScaleSFTConfig,
+            tmp_path_factory.mktemp(normalization),
+            per_device_train_batch_size=8,
+            max_steps=1,
+            scale_normalization=normalization,
+        )
+        trainer = ScaleSFTTrainer(
+            model=helpers.model(tokenizer), args=config, train_dataset=helpers.dataset(8), processing_class=tokenizer
+        )
+        trainer.train()
+        row = next(r for r in trainer.state.log_history if "scale/answer_weight" in r)
+        out[normalization] = {
+            "loss": row["loss"],
+            "grad_norm": float(row["grad_norm"]),
+            "answer_loss": row["scale/answer_loss"],
+            "think_loss": row["scale/think_loss"],
+        }
+    return out
+
+
+def launch(tmp_path, *extra: str, env: dict | None = None) -> dict:
+    out = tmp_path / "result.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(HERE / "dist_train.py"),
+        str(out),
+        *extra,
+    ]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600, cwd=HERE.parents[1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_match(got: dict, want: dict) -> None:
+    for normalization in ("sample", "token"):
+        for key in ("loss", "grad_norm", "answer_loss", "think_loss"):
+            assert math.isclose(got[normalization][key], want[normalization][key], rel_tol=1e-5), (
+                normalization,
+                key,
+                got,
+                want,
+            )
+
+
+def test_ddp_two_ranks_two_micro_batches(tmp_path, reference):
+    assert_match(launch(tmp_path), reference)
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_zero_cpu(tmp_path, reference, stage):
+    pytest.importorskip("deepspeed")
+    got = launch(
+        tmp_path, "--deepspeed", str(RECIPES / f"{stage}.json"), env={"DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
+    )
+    assert_match(got, reference)
