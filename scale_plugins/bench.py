@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-logits", action="store_true", help="time the loss only, from given logits (no LM head)")
     p.add_argument("--tagging-tokens", type=int, default=1_000_000, help="tokens to tag for the throughput number")
     p.add_argument("--skip-loss", action="store_true")
+    p.add_argument("--trainer", action="store_true", help="also compare whole training steps: SFTTrainer vs ScaleSFTTrainer")
+    p.add_argument("--trainer-hidden", type=int, default=256)
+    p.add_argument("--trainer-seq", type=int, default=1024)
 
 
 def _labels(batch: int, seq: int, vocab: int, think_id: int, close_id: int) -> torch.Tensor:
@@ -202,7 +205,92 @@ def main(ns: argparse.Namespace) -> int:
                 f"{hidden:>7} {stock['time']:>10.3f}s {ours['time']:>10.3f}s {ours['time'] / stock['time']:>10.3f} "
                 f"{_gib(stock['peak']):>11} {_gib(ours['peak']):>11} {ours['peak'] / max(stock['peak'], 1):>9.3f}"
             )
+    if args["trainer"]:
+        run_trainer_bench(args)
     if args["tagging_tokens"] > 0:
         rate = tagging_throughput(args["tagging_tokens"])
         print(f"tagging throughput (1 core, Qwen2.5 BPE, multi-piece tags, packed 8x4096): {rate / 1e6:.1f}M tokens/s")
     return 0
+
+
+def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, float]:
+    """Steps of stock SFTTrainer or ScaleSFTTrainer on the same tiny Qwen-vocabulary model and batches."""
+    import datasets
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from .data import load_bundled
+    from .hf.tiny import qwen_tokenizer, tiny_causal_lm
+    from .trl import ScaleSFTConfig, ScaleSFTTrainer
+
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    tokenizer = qwen_tokenizer(qwen3_specials=False)
+    model = tiny_causal_lm(tokenizer, hidden_size=args["trainer_hidden"], num_layers=2)
+    data = datasets.Dataset.from_list([{"messages": s["messages"]} for s in load_bundled()[:256]])
+    common = dict(
+        output_dir="/tmp/scale_bench_trainer",
+        max_steps=args["repeats"] + 2,
+        per_device_train_batch_size=args["batch"],
+        packing=True,
+        max_length=args["trainer_seq"],
+        assistant_only_loss=True,
+        use_cpu=args["device"] == "cpu",
+        bf16=args["dtype"] == "bfloat16",
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+    )
+    config_cls, trainer_cls = (SFTConfig, SFTTrainer) if kind == "stock" else (ScaleSFTConfig, ScaleSFTTrainer)
+    trainer = trainer_cls(model=model, args=config_cls(**common), train_dataset=data, processing_class=tokenizer)
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            times.append(time.perf_counter() - self.t0)
+
+    trainer.add_callback(Timer())
+    if args["device"] == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _current_rss()
+    trainer.train()
+    peak = (torch.cuda.max_memory_allocated() if args["device"] == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
+    return {"time": statistics.median(times[2:]), "peak": float(peak)}
+
+
+def _trainer_arm_in_process(kind: str, args: dict[str, Any], queue: Any) -> None:
+    try:
+        queue.put(_trainer_arm(kind, args))
+    except BaseException as err:
+        queue.put({"error": repr(err)})
+
+
+def run_trainer_bench(args: dict[str, Any]) -> None:
+    print(
+        f"trainers: stock SFTTrainer vs ScaleSFTTrainer, tiny Qwen2 (hidden {args['trainer_hidden']}, vocab 151,680),"
+        f" packed batch {args['batch']} x {args['trainer_seq']}, median step time of {args['repeats']} steps"
+    )
+    results = {}
+    for kind in ("stock", "scale"):
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_trainer_arm_in_process, args=(kind, args, queue))
+        proc.start()
+        results[kind] = queue.get()
+        proc.join()
+        if "error" in results[kind]:
+            raise RuntimeError(f"{kind} trainer failed: {results[kind]['error']}")
+    stock, ours = results["stock"], results["scale"]
+    print(f"{'':>7} {'stock step':>11} {'SCALe step':>11} {'time ratio':>10} {'stock peak':>11} {'SCALe peak':>11} {'mem ratio':>9}")
+    print(
+        f"{'trainer':>7} {stock['time']:>10.3f}s {ours['time']:>10.3f}s {ours['time'] / stock['time']:>10.3f} "
+        f"{_gib(stock['peak']):>11} {_gib(ours['peak']):>11} {ours['peak'] / max(stock['peak'], 1):>9.3f}"
+    )

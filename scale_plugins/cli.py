@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from .core import ScaleOptions, option_fields
+from .core.options import options_markdown
 
 
 def _add_scale_options(parser: argparse.ArgumentParser) -> None:
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     _add_scale_options(p)
     p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("options", help="print the options reference as a Markdown table")
+    p.add_argument("--prefix", default="scale_", help="key prefix of the host ('scale_' everywhere)")
+    p.set_defaults(func=lambda a: print(options_markdown(a.prefix), end="") or 0)
 
     p = sub.add_parser("inspect", help="show how a tokenizer segments dataset samples")
     p.add_argument("--tokenizer", required=True, help="a local tokenizer directory, or builtin:qwen3 / builtin:qwen2.5")

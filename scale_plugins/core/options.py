@@ -210,3 +210,14 @@ def option_fields() -> Iterator[OptionField]:
         typ = types.get(type_name, list)
         default = f.default if f.default is not dataclasses.MISSING else None
         yield OptionField(f.name, typ, default, f.metadata["help"], f.metadata.get("choices"))
+
+
+def options_markdown(prefix: str = "scale_") -> str:
+    """The options reference table (docs/options.md embeds it; a test keeps the two equal)."""
+    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for opt in option_fields():
+        allowed = ", ".join(f"`{c}`" for c in opt.choices) if opt.choices else ""
+        default = "none" if opt.default in ((), None) else f"`{opt.default!r}`"
+        help_text = opt.help.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        lines.append(f"| `{prefix}{opt.name}` | {opt.type.__name__} | {default} | {allowed} | {help_text} |")
+    return "\n".join(lines) + "\n"

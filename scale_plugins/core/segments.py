@@ -12,8 +12,8 @@ next assistant turn never open or close a span here.
 Rules (METHOD.md):
 - think = from the start of the opener through the end of its closer;
 - an opener with no closer (truncation) makes the rest of the run think;
-- a closer with no opener (the template put the opener in the prompt) makes
-  everything before it in the run think;
+- a closer with no opener (the template put the opener in the prompt) makes the
+  text before it in the run (since the previous span) think;
 - extra segments are found the same way (without the orphan-closer rule) and take
   their tokens from whatever encloses them;
 - every other supervised token is answer.
