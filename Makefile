@@ -34,7 +34,7 @@ demo: env-trl
 test: test-trl
 
 test-trl: env-trl
-	$(TRL_ENV)/bin/python -m pytest tests --ignore=tests/axolotl -q -p no:cacheprovider
+	$(TRL_ENV)/bin/python -m pytest tests --ignore=tests/axolotl --ignore=tests/llamafactory -q -p no:cacheprovider
 
 test-axolotl: env-axolotl
 	AXOLOTL_DO_NOT_TRACK=1 $(AXOLOTL_ENV)/bin/python -m pytest tests/axolotl -q -p no:cacheprovider
