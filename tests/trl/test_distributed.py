@@ -59,7 +59,16 @@ def launch(tmp_path, *extra: str, env: dict | None = None) -> dict:
         str(out),
         *extra,
     ]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    # DeepSpeed JIT-builds its CPU shared-memory comm op into TORCH_EXTENSIONS_DIR: keep one cache per
+    # virtualenv, or two DeepSpeed versions (the trl and axolotl envs) overwrite each other's build.
+    extensions = str(Path(sys.prefix) / "torch_extensions")
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TORCH_EXTENSIONS_DIR": extensions,
+        **(env or {}),
+    }
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600, cwd=HERE.parents[1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads(out.read_text())
