@@ -34,6 +34,7 @@ from ..core import (
     scale_loss_from_logits,
     segment_weights,
     shift_targets,
+    token_weights,
 )
 
 logger = logging.getLogger("scale_plugins")
@@ -156,8 +157,6 @@ class ScaleTrainerMixin:
     # -- loss ------------------------------------------------------------------------------------------------
 
     def scale_weights(self, segments: SegmentBatch, counts: torch.Tensor) -> TokenWeights:
-        from ..core import token_weights
-
         state = self.state  # type: ignore[attr-defined]
         self._scale_weights = segment_weights(state.global_step, max(state.max_steps, 1), self.scale_options)
         return token_weights(segments, self._scale_weights, counts, self.scale_options.normalization)
