@@ -10,6 +10,8 @@ from trl import SFTConfig
 from ..core import ScaleConfigError, ScaleOptions, option_fields
 
 PREFIX = "scale_"
+# TRL's plain negative log-likelihood under its names across versions ("chunked_nll": TRL 1.9's default)
+NLL_LOSS_TYPES = ("nll", "chunked_nll")
 
 
 def _scale_fields() -> list[tuple[str, Any, dataclasses.Field]]:
@@ -28,10 +30,13 @@ def _scale_fields() -> list[tuple[str, Any, dataclasses.Field]]:
 
 def _post_init(self: Any) -> None:
     SFTConfig.__post_init__(self)
-    if getattr(self, "loss_type", "nll") != "nll":
-        raise ScaleConfigError(
-            f"loss_type: SCALe replaces the SFT loss and needs loss_type='nll', got {self.loss_type!r}"
-        )
+    loss_type = getattr(self, "loss_type", "nll")
+    if loss_type == "chunked_nll":
+        # TRL 1.9's default: the same NLL through a patched forward that returns no logits. SCALe computes the
+        # loss itself (its own chunked CE over the logits on such versions), so TRL's variant is not used.
+        self.loss_type = "nll"
+    elif loss_type != "nll":
+        raise ScaleConfigError(f"loss_type: SCALe replaces the SFT loss and needs loss_type='nll', got {loss_type!r}")
     if getattr(self, "label_smoothing_factor", 0.0):
         raise ScaleConfigError("label_smoothing_factor: label smoothing cannot be combined with SCALe; set it to 0")
     self.scale_options()  # validate at config time, naming the key

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from trl import SFTTrainer
 
-from ..core import ScaleConfigError, SegmentBatch, TokenWeights, scale_loss_from_log_probs
+from ..core import ScaleConfigError, SegmentBatch, TokenWeights, scale_loss_from_log_probs, shift_targets
 from ..hf import ScaleTrainerMixin
 from .config import ScaleSFTConfig
 
@@ -32,27 +32,48 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
     def scale_per_token_loss(
         self, model: Any, inputs: dict[str, Any], segments: SegmentBatch, weights: TokenWeights
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        if not self._scale_fused_head:
-            return super().scale_per_token_loss(model, inputs, segments, weights)
         inputs["use_cache"] = False
+        if not self._scale_fused_head:
+            labels = inputs["labels"]
+            loss, ce, outputs = super().scale_per_token_loss(model, inputs, segments, weights)
+            with torch.no_grad():  # TRL's metrics from the logits, as TRL versions without the fused head do
+                targets = shift_targets(labels, self.scale_options.ignore_index)
+                mask = targets != self.scale_options.ignore_index
+                logits = outputs.logits[mask]
+                entropy = (
+                    (torch.logsumexp(logits, -1) - (logits.softmax(-1) * logits).sum(-1)).sum()
+                    if logits.numel()
+                    else None
+                )
+                correct = (logits.argmax(-1) == targets[mask]).sum()
+            self._record_trl_metrics(inputs, mask.sum(), entropy, correct)
+            return loss, ce, outputs
         outputs = model(**inputs, fused_lm_head=True)
         log_probs = outputs.log_probs  # aligned with labels[:, 1:] (or with shift_labels, same length)
         if log_probs.shape[-1] == segments.segment_ids.shape[-1] - 1:
             log_probs = torch.nn.functional.pad(log_probs, (0, 1))
         loss = scale_loss_from_log_probs(log_probs, weights)
-        self._record_trl_metrics(inputs, outputs)
+        entropy = outputs.entropy.detach().sum() if outputs.entropy is not None else None
+        correct = outputs.is_top1.sum() if outputs.is_top1 is not None else None
+        self._record_trl_metrics(inputs, outputs.label_mask.sum(), entropy, correct)
         return loss, -log_probs.detach(), outputs
 
-    def _record_trl_metrics(self, inputs: dict[str, Any], outputs: Any) -> None:
+    def _record_trl_metrics(
+        self,
+        inputs: dict[str, Any],
+        num_valid: torch.Tensor,
+        entropy: torch.Tensor | None,
+        correct: torch.Tensor | None,
+    ) -> None:
         """TRL's own metrics (entropy, mean_token_accuracy, num_tokens), as SFTTrainer.compute_loss records them."""
         mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather_for_metrics
-        num_valid = gather(outputs.label_mask.sum()).sum()
-        if outputs.entropy is not None:
-            entropy = gather(outputs.entropy.detach().sum()).sum()
+        num_valid = gather(num_valid).sum()
+        if entropy is not None:
+            entropy = gather(entropy).sum()
             self._metrics[mode]["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
-        if outputs.is_top1 is not None:
-            correct = gather(outputs.is_top1.sum()).sum()
+        if correct is not None:
+            correct = gather(correct).sum()
             self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
         if mode == "train":
             if "attention_mask" in inputs:
