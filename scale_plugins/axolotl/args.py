@@ -40,9 +40,8 @@ CONFLICTING_KEYS: dict[str, str] = {
     "kd_trainer": "Knowledge distillation brings its own trainer and loss; it cannot be combined with SCALe.",
     "reward_model": "Reward-model training has its own loss; it cannot be combined with SCALe.",
     "process_reward_model": "Process-reward-model training has its own loss; it cannot be combined with SCALe.",
-    "trainer_cls": "SCALe needs its own trainer (ScaleAxolotlTrainer); a custom `trainer_cls` would be ignored. "
-    "Subclass scale_plugins.axolotl.trainer.ScaleAxolotlTrainer instead and drop `loss: scale` only if you "
-    "install that trainer yourself.",
+    "trainer_cls": "`loss: scale` brings its own trainer (ScaleAxolotlTrainer), so a custom `trainer_cls` would be "
+    "ignored. Remove one of the two.",
 }
 
 

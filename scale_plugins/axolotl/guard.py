@@ -44,7 +44,8 @@ def requested_scale_keys(data: Mapping[str, Any], known: Any = ()) -> list[str]:
         for key in data
         if isinstance(key, str) and key.startswith("scale_") and key not in known and data[key] is not None
     ]
-    if data.get("loss") == "scale":
+    loss = data.get("loss")
+    if isinstance(loss, str) and loss.strip().lower() == "scale":  # `SCALE` too: it must not slip through either
         keys.insert(0, "loss")
     return keys
 
@@ -64,8 +65,9 @@ def check_scale_plugin_active(data: Any, known: Any = ()) -> None:
         if listed
         else "the SCALe plugin is not listed under `plugins:`"
     )
+    asked = ", ".join("loss: scale" if key == "loss" else key for key in keys)
     raise ScalePluginNotActiveError(
-        f"{', '.join(keys)}: SCALe is requested but {reason}. Axolotl would drop these keys and silently train "
+        f"The config asks for SCALe ({asked}) but {reason}. Axolotl would drop these keys and silently train "
         f"plain cross-entropy, so training stops here. Add to your config:\n\n"
         f"plugins:\n  - {PLUGIN_PATH}\n"
     )

@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
+from axolotl.utils.logging import get_logger
 
 from ..core import ScaleConfigError
 from .args import PLUGIN_PATH, scale_options_from_cfg
+
+# Axolotl's log filter shows INFO records of `axolotl.*` loggers only.
+LOG = get_logger("axolotl.scale_plugins")
 
 
 def _wants_scale(cfg: Any) -> bool:
@@ -48,3 +52,4 @@ class ScalePlugin(BasePlugin):
                 "another plugin's get_trainer_cls took precedence (the first plugin to return a trainer wins). "
                 f"Remove that plugin, or list {PLUGIN_PATH} before it."
             )
+        LOG.info("SCALe active: %s with %s", type(trainer).__name__, trainer.scale_options)

@@ -1,0 +1,85 @@
+"""Run several Axolotl trainings in one process through Axolotl's Python API (what ``axolotl train`` calls).
+
+    python run_axolotl.py runs.json results.json
+    torchrun --nproc_per_node 2 run_axolotl.py runs.json results.json --cpu-distributed
+
+``runs.json``: ``{name: axolotl config dict}``, run in order. ``results.json`` (written by rank 0):
+``{name: {"trainer": class name, "log_history": trainer.state.log_history}}`` with the exact (unrounded)
+logged floats. One process for several short runs saves Axolotl's import time (most of a tiny run's wall
+time on CPU).
+
+``--cpu-distributed``: test plumbing so that a multi-process DeepSpeed run works on a machine without GPUs.
+None of it is needed (or wanted) on GPUs:
+- Axolotl pins ``device_map`` to ``{"": LOCAL_RANK}`` in multi-process runs, i.e. a GPU index, and
+  transformers then asks for an accelerator that does not exist: load on the CPU instead;
+- accelerate picks no process-group backend when there is no accelerator, so it treats the run as a single
+  process (every rank reads the whole data, ``num_processes == 1``): default the backend to gloo;
+- DeepSpeed's CPU shared-memory collectives are compiled with ninja on first use, which takes minutes on
+  a small machine and leaves a lock behind when interrupted: use plain gloo collectives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def cpu_distributed_plumbing() -> None:
+    import accelerate.state
+    import axolotl.cli.config
+    import deepspeed.ops
+
+    normalize_config = axolotl.cli.config.normalize_config
+
+    def normalize_config_on_cpu(cfg):
+        normalize_config(cfg)
+        cfg.device_map = None
+
+    axolotl.cli.config.normalize_config = normalize_config_on_cpu
+
+    partial_state_init = accelerate.state.PartialState.__init__
+
+    def partial_state_init_gloo(self, cpu=False, **kwargs):
+        if kwargs.get("backend") is None:
+            kwargs["backend"] = "gloo"
+        partial_state_init(self, cpu=cpu, **kwargs)
+
+    accelerate.state.PartialState.__init__ = partial_state_init_gloo
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def run_one(config: dict) -> dict:
+    from axolotl.cli.args import TrainerCliArgs
+    from axolotl.cli.config import load_cfg
+    from axolotl.common.datasets import load_datasets
+    from axolotl.train import train
+    from axolotl.utils.dict import DictDefault
+
+    cfg = load_cfg(DictDefault(config))
+    dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
+    _, _, trainer = train(cfg=cfg, dataset_meta=dataset_meta)
+    return {
+        "trainer": type(trainer).__name__,
+        "num_processes": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "log_history": trainer.state.log_history,
+    }
+
+
+def main(spec_path: str, out_path: str, *flags: str) -> None:
+    if "--cpu-distributed" in flags:
+        cpu_distributed_plumbing()
+    with open(spec_path) as f:
+        runs = json.load(f)
+    results = {name: run_one(config) for name, config in runs.items()}
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

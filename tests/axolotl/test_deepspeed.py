@@ -1,0 +1,78 @@
+"""DeepSpeed ZeRO-2 through Axolotl, 2 CPU processes over gloo: the first optimizer step equals the
+single-process step on the same 8 samples (2 ranks x micro-batch 2 x accumulation 2 == 1 x 8).
+
+Needs deepspeed in the environment (``DS_BUILD_OPS=0 pip install deepspeed``); the CPU-only plumbing
+is in ``run_axolotl.py --cpu-distributed`` (not needed on GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import PYTHON, axolotl_config, cot_samples, scale_keys, subprocess_env, write_jsonl
+
+pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (DS_BUILD_OPS=0 pip install deepspeed)")
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+DRIVER = Path(__file__).with_name("run_axolotl.py")
+ZERO2 = {
+    "zero_optimization": {"stage": 2},
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "zero_allow_untested_optimizer": True,
+    "bf16": {"enabled": False},
+    "fp16": {"enabled": False},
+}
+
+
+def first_step(command: list[str], runs: dict[str, Any], workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    spec, out = workdir / "runs.json", workdir / "results.json"
+    spec.write_text(json.dumps(runs))
+    result = subprocess.run(
+        [*command, str(DRIVER), str(spec), str(out), *(["--cpu-distributed"] if "torchrun" in command[0] else [])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    (run,) = json.loads(out.read_text()).values()
+    return {**run, **next(entry for entry in run["log_history"] if "loss" in entry)}
+
+
+def test_zero2_two_processes_equal_one_process(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "cot8.jsonl", cot_samples(8))
+    single = first_step(
+        [PYTHON],
+        {"single": axolotl_config(tiny_model_dir, data, tmp_path / "single", micro_batch_size=8, **scale_keys())},
+        tmp_path,
+        subprocess_env(),
+    )
+    zero2_config = axolotl_config(
+        tiny_model_dir,
+        data,
+        tmp_path / "zero2",
+        micro_batch_size=2,
+        gradient_accumulation_steps=2,
+        deepspeed=ZERO2,
+        **scale_keys(),
+    )
+    env = {**subprocess_env(), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    torchrun = str(Path(PYTHON).with_name("torchrun"))
+    zero2 = first_step([torchrun, "--nproc_per_node", "2"], {"zero2": zero2_config}, tmp_path, env)
+
+    assert zero2["trainer"] == "ScaleAxolotlTrainer" and zero2["num_processes"] == 2
+    assert zero2["distributed_type"] == "DistributedType.DEEPSPEED"
+    assert zero2["tokens/trainable"] == single["tokens/trainable"]  # the same 8 samples, split over the ranks
+    assert zero2["loss"] == pytest.approx(single["loss"], abs=1e-5)
+    assert zero2["grad_norm"] == pytest.approx(single["grad_norm"], abs=1e-5)
+    for key in ("scale/think_loss", "scale/answer_loss", "scale/think_tokens", "scale/answer_tokens"):
+        assert zero2[key] == pytest.approx(single[key], abs=1e-5), key
