@@ -119,11 +119,25 @@ class ScaleTrainerMixin:
             segments = self.scale_tag(batch)
             batch[SEGMENTS_KEY] = segments
             counts.add(segments)
+        self._scale_check_world_size()
         # Every rank reaches this point once per step, with or without data: the collective cannot hang.
         self._scale_step_counts = counts.all_reduce(device=self.args.device)  # type: ignore[attr-defined]
         self._scale_check_step(self._scale_step_counts)
         self._scale_logs["train"].units += 1.0 / max(self.args.world_size, 1)  # type: ignore[attr-defined]
         return batch_samples, num_items_in_batch
+
+    def _scale_check_world_size(self) -> None:
+        """Counts are summed over the torch.distributed group and the loss is scaled by accelerate's process count:
+        the two must agree, or the gradient is silently off by their ratio (e.g. a launcher that initialised the
+        process group while accelerate saw a single process)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            group_size = torch.distributed.get_world_size()
+            processes = self.accelerator.num_processes  # type: ignore[attr-defined]
+            if group_size != processes:
+                raise RuntimeError(
+                    f"SCALe: torch.distributed has {group_size} ranks but accelerate sees {processes} process(es); "
+                    "the loss would be scaled wrongly. Launch with accelerate/torchrun so both agree."
+                )
 
     def _scale_check_step(self, counts: torch.Tensor) -> None:
         supervised = float(counts[:, 0].sum())
