@@ -90,7 +90,7 @@ class ScaleOptions:
     )
     think_close: str = _opt(
         "</think>",
-        "Closing tag of the reasoning segment. A closer without an opener in the supervised text (templates that put the opener in the prompt) makes everything before it think.",
+        "Closing tag of the reasoning segment. A closer without an opener in the supervised text (templates that put the opener in the prompt) makes the supervised text before it (since the previous think block) think.",
     )
     schedule: str = _opt(
         "cosine", "How the answer weight moves over training progress p = step / max_steps.", choices=SCHEDULES
