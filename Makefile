@@ -15,6 +15,8 @@ TRL_ENV := $(VENVS)/trl
 AXOLOTL_ENV := $(VENVS)/axolotl
 LF_ENV := $(VENVS)/llamafactory
 PYTEST := -m pytest -q -p no:cacheprovider
+# DeepSpeed JIT-builds ops into TORCH_EXTENSIONS_DIR: one cache per env (they pin different versions).
+ext = TORCH_EXTENSIONS_DIR=$(abspath $(1))/torch_extensions
 
 .PHONY: demo test test-trl test-axolotl test-llamafactory lint bench env-trl env-axolotl env-llamafactory env-browser clean
 
@@ -54,18 +56,18 @@ demo: env-trl
 	$(TRL_ENV)/bin/scale-plugins demo
 
 ## The whole test suite, every host in its own environment.
-test: test-trl test-axolotl
+test: test-trl test-axolotl test-llamafactory
 
 test-trl: env-trl
-	$(TRL_ENV)/bin/python $(PYTEST) tests --ignore=tests/axolotl --ignore=tests/llamafactory
+	$(call ext,$(TRL_ENV)) $(TRL_ENV)/bin/python $(PYTEST) tests --ignore=tests/axolotl --ignore=tests/llamafactory
 
 test-axolotl: env-axolotl
-	$(AXOLOTL_ENV)/bin/python $(PYTEST) tests/axolotl
+	$(call ext,$(AXOLOTL_ENV)) $(AXOLOTL_ENV)/bin/python $(PYTEST) tests/axolotl
 	# ScaleSFTTrainer on TRL 1.9 / transformers 5.16 (Axolotl's pins), single process
-	$(AXOLOTL_ENV)/bin/python $(PYTEST) tests/trl --ignore=tests/trl/test_distributed.py
+	$(call ext,$(AXOLOTL_ENV)) $(AXOLOTL_ENV)/bin/python $(PYTEST) tests/trl --ignore=tests/trl/test_distributed.py
 
 test-llamafactory: env-llamafactory env-browser
-	$(LF_ENV)/bin/python $(PYTEST) tests/llamafactory
+	$(call ext,$(LF_ENV)) $(LF_ENV)/bin/python $(PYTEST) tests/llamafactory
 
 lint: env-trl
 	$(TRL_ENV)/bin/ruff check scale_plugins tests

@@ -1,0 +1,193 @@
+"""SCALe in LLaMA-Factory's web UI (LlamaBoard), Train tab.
+
+What :func:`patch` changes (all private names of LLaMA-Factory 0.9.5, verified by the version guard first):
+
+- ``interface.create_train_tab`` (the name ``create_ui`` calls): the Train tab starts with a *loss function*
+  selector (cross-entropy, SCALe, and LLaMA-Factory's own DFT / ASFT / EAFT where present) and a *SCALe
+  settings* accordion with one control per SCALe option, derived from the core's options. While the original
+  tab is built, ``Manager.get_base_elems`` also returns these controls, so every handler that takes the tab's
+  inputs gets them too: command preview, Start, save / load of configs, restoring a run's config from its
+  output directory. They are registered under ``train.sft_loss`` / ``train.scale_<option>``.
+- ``Runner._parse_train_args``: turns the selector into ``use_scale_loss: true`` plus every ``scale_*`` key
+  (or ``use_dft_loss`` & co.), after the JSON extra arguments, and validates the result with the same
+  argument class the training process uses, so a bad value or a refused combination shows in the UI at
+  once, naming the key.
+- ``runner.gen_cmd``: the preview shows ``scale-llamafactory train``.
+- ``runner.Popen``: the training subprocess ``llamafactory-cli train <yaml>`` is started as
+  ``<this python> -m scale_plugins.llamafactory train <yaml>``, so it (and its torchrun workers) is patched.
+- ``locales.LOCALES``: labels and help of the new controls in the five UI languages (:mod:`.locales`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import gradio as gr
+from llamafactory.hparams.finetuning_args import FinetuningArguments
+from llamafactory.webui import interface, runner
+from llamafactory.webui.locales import LOCALES
+
+from ..core import ScaleConfigError, ScaleOptions
+from .hparams import HOST_LOSSES, PREFIX, SWITCH, ScaleFinetuningArguments
+from .locales import LOSS_SELECTOR, SETTINGS_TAB, locales, ui_options
+from .patch import _MARK, CLI_MODULE, UnsupportedLlamaFactoryError, _install, _original
+
+TAB = "train"
+
+#: Loss selector: (shown name, value). LLaMA-Factory's own losses only where the installed version has them.
+LOSS_CHOICES: list[tuple[str, str]] = [("Cross-entropy", "cross_entropy"), ("SCALe", "scale")] + [
+    (name.upper(), name)
+    for name, switch in HOST_LOSSES.items()
+    if switch in {f.name for f in dataclasses.fields(FinetuningArguments)}
+]
+
+
+def _bounds(name: str) -> tuple[float, float] | None:
+    meta = {f.name: f.metadata for f in dataclasses.fields(ScaleOptions)}[name]
+    return (meta["minimum"], meta["maximum"]) if "minimum" in meta else None
+
+
+def _control(opt: Any) -> Any:
+    """One gradio component for one SCALe option, from its type, choices and bounds in the core."""
+    if opt.choices:
+        return gr.Dropdown(choices=list(opt.choices), value=opt.default)
+    if opt.name == "extra_segments":
+        return gr.Textbox(value="", lines=2, max_lines=8, scale=2)
+    if opt.type is float:
+        bounds = _bounds(opt.name)
+        if bounds is not None:
+            return gr.Slider(minimum=bounds[0], maximum=bounds[1], value=opt.default, step=0.01)
+        return gr.Number(value=opt.default)
+    if opt.type is int:
+        return gr.Number(value=opt.default, precision=0)
+    return gr.Textbox(value=opt.default)
+
+
+def create_loss_controls() -> dict[str, Any]:
+    """The loss selector and the SCALe settings, in the current layout context. Keys are elem names."""
+    elems: dict[str, Any] = {}
+    with gr.Row():
+        elems[LOSS_SELECTOR] = gr.Dropdown(choices=LOSS_CHOICES, value="cross_entropy", scale=1)
+    with gr.Accordion(open=False) as settings:
+        # tags and choices in one row; the numbers and the multi-line extra segments in the next
+        options = ui_options()
+        numeric = [opt for opt in options if opt.type in (int, float) or opt.name == "extra_segments"]
+        for row in ([opt for opt in options if opt not in numeric], numeric):
+            with gr.Row():
+                for opt in row:
+                    elems[PREFIX + opt.name] = _control(opt)
+    elems[SETTINGS_TAB] = settings
+    elems[LOSS_SELECTOR].change(
+        lambda loss: gr.Accordion(open=loss == "scale"), [elems[LOSS_SELECTOR]], [settings], queue=False
+    )
+    return elems
+
+
+def _input_names() -> list[str]:
+    return [LOSS_SELECTOR] + [PREFIX + opt.name for opt in ui_options()]
+
+
+def loss_args(get: Any) -> dict[str, Any]:
+    """Training arguments of the selected loss; ``get(elem_name)`` reads a control's value."""
+    loss = get(LOSS_SELECTOR)
+    if loss in HOST_LOSSES:
+        return {HOST_LOSSES[loss]: True}
+    if loss != "scale":
+        return {}
+    args: dict[str, Any] = {SWITCH: True}
+    for opt in ui_options():
+        value = get(PREFIX + opt.name)
+        if opt.name == "extra_segments":
+            value = [line.strip() for line in (value or "").splitlines() if line.strip()] or None
+        elif opt.type is float and value is not None:
+            value = float(value)
+        elif opt.type is int and value is not None:
+            value = int(value)
+        args[PREFIX + opt.name] = value
+    return args
+
+
+def validate_train_args(args: dict[str, Any]) -> None:
+    """Check the SCALe part of a web UI config with the class the training process parses it with."""
+    from transformers import HfArgumentParser
+
+    if not args.get(SWITCH) and not any(key.startswith(PREFIX) for key in args):
+        return
+    HfArgumentParser(ScaleFinetuningArguments).parse_dict(args, allow_extra_keys=True)
+
+
+def _patch_train_tab() -> None:
+    original = _original(interface.create_train_tab)
+
+    def create_train_tab(engine: Any) -> dict[str, Any]:
+        controls = create_loss_controls()
+        inputs = {controls[name] for name in _input_names()}
+        manager = engine.manager
+        base_elems = manager.get_base_elems
+        # create_train_tab wires its handlers to get_base_elems() + its own inputs: ours join them there.
+        manager.get_base_elems = lambda: base_elems() | inputs
+        try:
+            elem_dict = original(engine)
+        finally:
+            del manager.get_base_elems
+        clash = set(elem_dict) & set(controls)
+        if clash:
+            raise UnsupportedLlamaFactoryError(f"the Train tab already has elements named {sorted(clash)}")
+        elem_dict.update(controls)
+        return elem_dict
+
+    _install(interface, "create_train_tab", create_train_tab, original)
+
+
+def _patch_runner() -> None:
+    Runner = runner.Runner
+    original_parse = _original(Runner._parse_train_args)
+
+    def _parse_train_args(self: Any, data: dict[Any, Any]) -> dict[str, Any]:
+        args = original_parse(self, data)
+        args.update(loss_args(lambda name: data[self.manager.get_elem_by_id(f"{TAB}.{name}")]))
+        try:
+            validate_train_args(args)
+        except (ScaleConfigError, ValueError) as err:
+            raise gr.Error(str(err)) from None
+        return args
+
+    _install(Runner, "_parse_train_args", _parse_train_args, original_parse)
+
+    original_gen_cmd = _original(runner.gen_cmd)
+
+    def gen_cmd(args: dict[str, Any]) -> str:
+        return original_gen_cmd(args).replace("llamafactory-cli train", "scale-llamafactory train", 1)
+
+    _install(runner, "gen_cmd", gen_cmd, original_gen_cmd)
+
+    real_popen = runner.Popen
+    if not getattr(real_popen, _MARK, False):
+
+        class Popen(real_popen):  # type: ignore[misc, valid-type]
+            """``llamafactory-cli train`` -> ``<this python> -m scale_plugins.llamafactory train``."""
+
+            def __init__(self, args: Any, *rest: Any, **kwargs: Any):
+                args = list(args)
+                if args[:2] == ["llamafactory-cli", "train"]:
+                    args[0:1] = [sys.executable, "-m", CLI_MODULE]
+                super().__init__(args, *rest, **kwargs)
+
+        setattr(Popen, _MARK, True)
+        runner.Popen = Popen
+
+
+def _patch_locales() -> None:
+    for name, entry in locales().items():
+        if name in LOCALES and LOCALES[name] != entry:
+            raise UnsupportedLlamaFactoryError(f"LLaMA-Factory's web UI already has a label named {name!r}")
+        LOCALES[name] = entry
+
+
+def patch() -> None:
+    """Apply the web UI patches (call through :func:`scale_plugins.llamafactory.patch.apply_webui_patches`)."""
+    _patch_locales()
+    _patch_train_tab()
+    _patch_runner()

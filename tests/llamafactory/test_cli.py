@@ -1,0 +1,96 @@
+"""``scale-llamafactory``: the real command, in subprocesses (one train run, one torchrun run, errors)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from scale_plugins.core import ScaleOptions, answer_weight
+
+from .helpers import run_cli, step_logs, train_config, train_in_process, write_yaml
+
+
+@pytest.mark.slow
+def test_train_command_trains_with_scale_and_logs_the_schedule(tiny, tmp_path):
+    out = tmp_path / "out"
+    schedule = dict(scale_schedule="linear", scale_answer_weight_start=0.2, scale_answer_weight_end=0.6)
+    config = write_yaml(tmp_path / "train.yaml", train_config(tiny, out, max_steps=4, **schedule))
+    result = run_cli("train", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SCALe loss active on rank 0 of 1 (ScaleSeq2SeqTrainer)" in result.stdout + result.stderr
+
+    logs = step_logs(out)
+    options = ScaleOptions(schedule="linear", answer_weight_start=0.2, answer_weight_end=0.6)
+    expected = [answer_weight(step, 4, options) for step in range(4)]  # the weight used in step k+1
+    assert expected == pytest.approx([0.2, 0.3, 0.4, 0.5])
+    assert [entry["scale/answer_weight"] for entry in logs] == pytest.approx(expected)
+    assert [entry["scale/think_weight"] for entry in logs] == pytest.approx([1 - w for w in expected])
+    assert all(entry["scale/think_tokens"] > 0 and entry["scale/answer_tokens"] > 0 for entry in logs)
+    # LLaMA-Factory's own log (the web UI reads it) has every step
+    lines = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    lines = [line for line in lines if "loss" in line]  # not the end-of-training summary
+    assert [line["current_steps"] for line in lines] == [1, 2, 3, 4]
+    assert [line["loss"] for line in lines] == pytest.approx([entry["loss"] for entry in logs])
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def single_process(tiny, patched, tmp_path_factory):
+    """The reference for the distributed runs: 1 process x 4 samples per step, 2 steps."""
+    return train_in_process(train_config(tiny, tmp_path_factory.mktemp("single"), per_device_train_batch_size=4))
+
+
+def _assert_same_steps(distributed, single):
+    assert len(distributed) == len(single) == 2
+    for dist, ref in zip(distributed, single, strict=True):
+        assert dist["scale/answer_weight"] == pytest.approx(ref["scale/answer_weight"])
+        assert dist["scale/think_tokens"] == ref["scale/think_tokens"]
+        assert dist["loss"] == pytest.approx(ref["loss"], abs=1e-5)
+        assert dist["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4)
+
+
+def _train_two_workers(tiny, tmp_path, env=None, **overrides):
+    out = tmp_path / "out"
+    config = write_yaml(tmp_path / "train.yaml", train_config(tiny, out, per_device_train_batch_size=2, **overrides))
+    result = run_cli("train", str(config), env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", **(env or {})})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    for rank in (0, 1):
+        assert f"SCALe loss active on rank {rank} of 2 (ScaleSeq2SeqTrainer)" in output
+    return step_logs(out)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_workers_all_train_with_scale(tiny, single_process, tmp_path):
+    """FORCE_TORCHRUN=1 re-executes the launcher under torchrun: both workers get SCALe, and 2 ranks x 2 samples
+    give exactly the loss and gradient of 1 process x 4 samples (segment counts summed over ranks)."""
+    _assert_same_steps(_train_two_workers(tiny, tmp_path), single_process)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (extra: deepspeed)")
+def test_deepspeed_zero2_workers_train_with_scale(tiny, single_process, tmp_path):
+    """The recipe's ZeRO-2 config on 2 CPU workers (the first run on a machine compiles DeepSpeed's CPU comm op)."""
+    zero2 = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / "zero2.json"
+    logs = _train_two_workers(tiny, tmp_path, env={"DS_ACCELERATOR": "cpu"}, deepspeed=str(zero2))
+    _assert_same_steps(logs, single_process)
+
+
+def test_bad_value_is_reported_naming_the_key(tiny, tmp_path):
+    config = write_yaml(tmp_path / "bad.yaml", train_config(tiny, tmp_path / "out", scale_schedule="cosin"))
+    result = run_cli("train", str(config), env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})
+    assert result.returncode == 2
+    assert "scale-llamafactory: error: scale_schedule: 'cosin' is not allowed" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "distributed tasks" not in result.stdout + result.stderr  # reported before torchrun starts
+
+
+def test_help_needs_no_llamafactory_import():
+    result = run_cli("help")
+    assert result.returncode == 0
+    assert "use_scale_loss" in result.stdout and "scale_answer_weight_start" in result.stdout

@@ -1,0 +1,88 @@
+"""The version guard and the torchrun command rewrite."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from scale_plugins.llamafactory.patch import (
+    _TRAINING_NAMES,
+    _TRAINING_USES,
+    _WEBUI_NAMES,
+    _WEBUI_USES,
+    SUPPORTED_VERSION,
+    WORKER_MODULE,
+    UnsupportedLlamaFactoryError,
+    check_llamafactory,
+    rewrite_torchrun_command,
+)
+
+
+def test_supported_version_is_installed_and_passes(patched):
+    from llamafactory.extras.env import VERSION
+
+    assert VERSION == SUPPORTED_VERSION == "0.9.5"
+    check_llamafactory(_TRAINING_NAMES, _TRAINING_USES)
+    check_llamafactory(_WEBUI_NAMES, _WEBUI_USES)
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("llamafactory.train.sft.workflow", "CustomSeq2SeqTrainer"),
+        ("llamafactory.hparams.parser", "_TRAIN_ARGS"),
+        ("llamafactory.launcher", "subprocess"),
+    ],
+)
+def test_missing_private_name_stops_with_the_supported_version(patched, monkeypatch, module, name):
+    import importlib
+
+    monkeypatch.delattr(importlib.import_module(module), name)
+    with pytest.raises(UnsupportedLlamaFactoryError, match=f"supports LLaMA-Factory 0.9.5(.|\n)*{module}.{name}"):
+        check_llamafactory(_TRAINING_NAMES, _TRAINING_USES)
+
+
+def test_missing_webui_name_stops(patched, monkeypatch):
+    from llamafactory.webui import runner
+
+    monkeypatch.delattr(runner.Runner, "_parse_train_args")
+    with pytest.raises(UnsupportedLlamaFactoryError, match="Runner._parse_train_args"):
+        check_llamafactory(_WEBUI_NAMES, _WEBUI_USES)
+
+
+def test_function_that_no_longer_uses_a_patched_name_stops(patched, monkeypatch):
+    from llamafactory.train import tuner
+
+    def _training_function(config):  # a future version that builds its trainer differently
+        return config
+
+    monkeypatch.setattr(tuner, "_training_function", _training_function)
+    with pytest.raises(UnsupportedLlamaFactoryError, match="_training_function \\(no longer uses 'get_train_args'\\)"):
+        check_llamafactory(_TRAINING_NAMES, _TRAINING_USES)
+
+
+def test_apply_refuses_an_unsupported_version(monkeypatch):
+    from llamafactory.train.sft import workflow
+
+    from scale_plugins.llamafactory import patch
+
+    monkeypatch.setattr(patch, "_applied", set())
+    monkeypatch.delattr(workflow, "run_sft")
+    with pytest.raises(UnsupportedLlamaFactoryError, match="0.9.5"):
+        patch.apply_training_patches()
+    assert "training" not in patch._applied
+
+
+def test_torchrun_command_runs_our_worker_module():
+    launcher_file = "/site-packages/llamafactory/launcher.py"
+    cmd = (
+        f"torchrun --nnodes 1 --node_rank 0 --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29500 "
+        f"{launcher_file} cfg.yaml learning_rate=1e-4"
+    ).split()
+    assert rewrite_torchrun_command(cmd, launcher_file) == [
+        sys.executable, "-m", "torch.distributed.run",
+        *cmd[1:-3], "-m", WORKER_MODULE, "cfg.yaml", "learning_rate=1e-4",
+    ]  # fmt: skip
+    with pytest.raises(UnsupportedLlamaFactoryError, match="does not run its launcher file"):
+        rewrite_torchrun_command(["torchrun", "other.py"], launcher_file)
