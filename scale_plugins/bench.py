@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-logits", action="store_true", help="time the loss only, from given logits (no LM head)")
     p.add_argument("--tagging-tokens", type=int, default=1_000_000, help="tokens to tag for the throughput number")
     p.add_argument("--skip-loss", action="store_true")
-    p.add_argument("--trainer", action="store_true", help="also compare whole training steps: SFTTrainer vs ScaleSFTTrainer")
+    p.add_argument(
+        "--trainer", action="store_true", help="also compare whole training steps: SFTTrainer vs ScaleSFTTrainer"
+    )
     p.add_argument("--trainer-hidden", type=int, default=256)
     p.add_argument("--trainer-seq", type=int, default=1024)
 
@@ -262,7 +264,11 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, float]:
     else:
         base = _current_rss()
     trainer.train()
-    peak = (torch.cuda.max_memory_allocated() if args["device"] == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if args["device"] == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ) - base
     return {"time": statistics.median(times[2:]), "peak": float(peak)}
 
 
@@ -289,7 +295,9 @@ def run_trainer_bench(args: dict[str, Any]) -> None:
         if "error" in results[kind]:
             raise RuntimeError(f"{kind} trainer failed: {results[kind]['error']}")
     stock, ours = results["stock"], results["scale"]
-    print(f"{'':>7} {'stock step':>11} {'SCALe step':>11} {'time ratio':>10} {'stock peak':>11} {'SCALe peak':>11} {'mem ratio':>9}")
+    print(
+        f"{'':>7} {'stock step':>11} {'SCALe step':>11} {'time ratio':>10} {'stock peak':>11} {'SCALe peak':>11} {'mem ratio':>9}"
+    )
     print(
         f"{'trainer':>7} {stock['time']:>10.3f}s {ours['time']:>10.3f}s {ours['time'] / stock['time']:>10.3f} "
         f"{_gib(stock['peak']):>11} {_gib(ours['peak']):>11} {ours['peak'] / max(stock['peak'], 1):>9.3f}"
