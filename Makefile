@@ -56,7 +56,7 @@ demo: env-trl
 	$(TRL_ENV)/bin/scale-plugins demo
 
 ## The whole test suite, every host in its own environment.
-test: test-trl test-axolotl test-llamafactory
+test: lint test-trl test-axolotl test-llamafactory
 
 test-trl: env-trl
 	$(call ext,$(TRL_ENV)) $(TRL_ENV)/bin/python $(PYTEST) tests --ignore=tests/axolotl --ignore=tests/llamafactory
