@@ -21,15 +21,6 @@ pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (DS_BUILD_OP
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 DRIVER = Path(__file__).with_name("run_axolotl.py")
-ZERO2 = {
-    "zero_optimization": {"stage": 2},
-    "train_micro_batch_size_per_gpu": "auto",
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "zero_allow_untested_optimizer": True,
-    "bf16": {"enabled": False},
-    "fp16": {"enabled": False},
-}
 
 
 def first_step(command: list[str], runs: dict[str, Any], workdir: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -48,7 +39,12 @@ def first_step(command: list[str], runs: dict[str, Any], workdir: Path, env: dic
     return {**run, **next(entry for entry in run["log_history"] if "loss" in entry)}
 
 
-def test_zero2_two_processes_equal_one_process(tiny_model_dir, tmp_path):
+RECIPES = Path(__file__).parents[2] / "recipes" / "deepspeed"
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_zero_two_processes_equal_one_process(tiny_model_dir, tmp_path, stage):
+    """The shipped recipes/deepspeed configs, unchanged, through Axolotl with SCALe on 2 CPU processes."""
     data = write_jsonl(tmp_path / "cot8.jsonl", cot_samples(8))
     single = first_step(
         [PYTHON],
@@ -62,7 +58,7 @@ def test_zero2_two_processes_equal_one_process(tiny_model_dir, tmp_path):
         tmp_path / "zero2",
         micro_batch_size=2,
         gradient_accumulation_steps=2,
-        deepspeed=ZERO2,
+        deepspeed=json.loads((RECIPES / f"{stage}.json").read_text()),
         **scale_keys(),
     )
     env = {**subprocess_env(), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
