@@ -97,7 +97,7 @@ def test_ddp_two_ranks_two_micro_batches(tmp_path, reference):
     assert_match(launch(tmp_path), reference)
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero3_offload"])
 def test_deepspeed_zero_cpu(tmp_path, reference, stage):
     pytest.importorskip("deepspeed")
     got = launch(
