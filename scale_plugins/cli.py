@@ -183,6 +183,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_bench_paper(args: argparse.Namespace) -> int:
+    from .paper_bench import main as bench_paper_main
+
+    return bench_paper_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scale-plugins", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "bench-paper",
+        help="the paper's comparison at toy scale: vanilla SFT / SCALe-SFT, each +/- GRPO, on CPU (docs/results.md)",
+    )
+    from .paper_bench import add_arguments as add_paper_arguments
+
+    add_paper_arguments(p)
+    p.set_defaults(func=cmd_bench_paper)
 
     p = sub.add_parser(
         "trl-sft", help="`trl sft` with ScaleSFTTrainer: scale-plugins trl-sft --config recipe.yaml", add_help=False
