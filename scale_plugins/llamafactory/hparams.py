@@ -22,6 +22,7 @@ from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
 from ..core import ScaleConfigError, ScaleOptions, option_fields
+from ..hf.fields import argument_fields
 
 PREFIX = "scale_"
 SWITCH = "use_scale_loss"
@@ -61,16 +62,7 @@ def _scale_fields() -> list[tuple[str, Any, dataclasses.Field]]:
             ),
         )
     ]
-    for opt in option_fields():
-        # only `help` and `choices`: HfArgumentParser hands the metadata to argparse.add_argument
-        metadata: dict[str, Any] = {"help": f"SCALe: {opt.help}"}
-        if opt.choices:
-            metadata["choices"] = list(opt.choices)
-        if opt.name == "extra_segments":
-            # YAML: a list of {name, open, close, weight_start, weight_end}; command line: 'name:<open>:</close>:w0:w1'
-            fields.append((PREFIX + opt.name, list[str] | None, dataclasses.field(default=None, metadata=metadata)))
-        else:
-            fields.append((PREFIX + opt.name, opt.type, dataclasses.field(default=opt.default, metadata=metadata)))
+    fields.extend(argument_fields(PREFIX))
     return fields
 
 

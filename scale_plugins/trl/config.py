@@ -8,24 +8,10 @@ from typing import Any
 from trl import SFTConfig
 
 from ..core import ScaleConfigError, ScaleOptions, option_fields
+from ..hf.fields import PREFIX, argument_fields
 
-PREFIX = "scale_"
 # TRL's plain negative log-likelihood under its names across versions ("chunked_nll": TRL 1.9's default)
 NLL_LOSS_TYPES = ("nll", "chunked_nll")
-
-
-def _scale_fields() -> list[tuple[str, Any, dataclasses.Field]]:
-    fields = []
-    for opt in option_fields():
-        metadata: dict[str, Any] = {"help": f"SCALe: {opt.help}"}
-        if opt.choices:
-            metadata["choices"] = list(opt.choices)
-        if opt.name == "extra_segments":
-            # YAML: a list of {name, open, close, weight_start, weight_end}; command line: 'name:<open>:</close>:w0:w1'
-            fields.append((PREFIX + opt.name, list[str] | None, dataclasses.field(default=None, metadata=metadata)))
-        else:
-            fields.append((PREFIX + opt.name, opt.type, dataclasses.field(default=opt.default, metadata=metadata)))
-    return fields
 
 
 def _post_init(self: Any) -> None:
@@ -53,7 +39,7 @@ def _scale_options(self: Any) -> ScaleOptions:
 
 ScaleSFTConfig = dataclasses.make_dataclass(
     "ScaleSFTConfig",
-    _scale_fields(),
+    argument_fields(PREFIX),
     bases=(SFTConfig,),
     namespace={"__post_init__": _post_init, "scale_options": _scale_options, "__module__": __name__},
 )
