@@ -25,13 +25,14 @@ import logging
 import math
 import os
 import platform
-import random
 import re
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .data import synthetic_cot
 
 ARMS = ("sft", "scale_sft", "sft_grpo", "scale_sft_grpo")
 ARM_LABELS = {
@@ -69,48 +70,22 @@ class Task:
     data_seed: int = 1234  # the data is the same for every bench seed; the bench seed moves init and data order
 
 
-_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-def _spell(n: int) -> str:
-    sign = "minus " if n < 0 else ""
-    return sign + " ".join(_NUMBER_WORDS[int(d)] for d in str(abs(n)))
-
-
 def arith_cot(n: int, seed: int = 0, task: Task = Task()) -> list[dict[str, Any]]:
     """``n`` samples in the format of :func:`scale_plugins.data.synthetic_cot`, with the task's difficulty knobs.
 
     With the default :class:`Task` (and any ``data_seed``) it produces exactly ``synthetic_cot(n, seed)``.
     Each sample: ``{"messages": [user, assistant], "solution": "<number>", "question": "<user text>"}``.
     """
-    rng = random.Random(seed)
-    samples = []
-    for _ in range(n):
-        value = rng.randint(1, task.start_max)
-        steps = [
-            (rng.choice(task.ops), rng.randint(1, task.operand_max))
-            for _ in range(rng.randint(task.min_ops, task.max_ops))
-        ]
-        question = (
-            f"Start with {value}. "
-            + " ".join({"+": f"Add {b}.", "-": f"Subtract {b}.", "*": f"Multiply by {b}."}[op] for op, b in steps)
-            + " What is the result?"
-        )
-        lines = [f"We start with {value}, that is {_spell(value)}."]
-        for op, b in steps:
-            new = value + b if op == "+" else value - b if op == "-" else value * b
-            lines.append(f"{value} {op} {b} = {new}, so now we have {_spell(new)}.")
-            value = new
-        lines.append(f"After all the steps the value is {value}.")
-        completion = "<think>\n" + "\n".join(lines) + "\n</think>\n<answer>" + str(value) + "</answer>"
-        samples.append(
-            {
-                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": completion}],
-                "solution": str(value),
-                "question": question,
-            }
-        )
-    return samples
+    samples = synthetic_cot(
+        n,
+        seed,
+        min_ops=task.min_ops,
+        max_ops=task.max_ops,
+        start_max=task.start_max,
+        operand_max=task.operand_max,
+        operators=task.ops,
+    )
+    return [{**sample, "question": sample["messages"][0]["content"]} for sample in samples]
 
 
 def task_splits(task: Task, n_train: int, n_eval: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -25,13 +25,24 @@ def _spell(n: int) -> str:
     return sign + " ".join(NUMBER_WORDS[int(d)] for d in str(abs(n)))
 
 
-def synthetic_cot(n: int, seed: int = 0, min_ops: int = 2, max_ops: int = 5) -> list[dict[str, Any]]:
-    """``n`` samples: ``{"messages": [user, assistant], "solution": "<number>"}``."""
+def synthetic_cot(
+    n: int,
+    seed: int = 0,
+    min_ops: int = 2,
+    max_ops: int = 5,
+    start_max: int = 20,
+    operand_max: int = 9,
+    operators: str = "+-*",
+) -> list[dict[str, Any]]:
+    """``n`` samples: ``{"messages": [user, assistant], "solution": "<number>"}``.
+
+    The knobs set the difficulty: operations per question, the largest start value and operand, the operators.
+    """
     rng = random.Random(seed)
     samples = []
     for _ in range(n):
-        value = rng.randint(1, 20)
-        ops = [(rng.choice("+-*"), rng.randint(1, 9)) for _ in range(rng.randint(min_ops, max_ops))]
+        value = rng.randint(1, start_max)
+        ops = [(rng.choice(operators), rng.randint(1, operand_max)) for _ in range(rng.randint(min_ops, max_ops))]
         question = (
             f"Start with {value}. "
             + " ".join({"+": f"Add {b}.", "-": f"Subtract {b}.", "*": f"Multiply by {b}."}[op] for op, b in ops)
