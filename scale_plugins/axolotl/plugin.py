@@ -18,10 +18,37 @@ def _wants_scale(cfg: Any) -> bool:
     return cfg.get("loss") == "scale"
 
 
+def plain_role_boundaries(cfg: Any) -> int:
+    """Turn ``cfg.role_boundaries`` entries into plain dicts, in place; returns how many were converted.
+
+    Works around an Axolotl 0.19.0 bug: ``load_cfg`` wraps each entry read from YAML in a ``DictDefault``, whose
+    missing attributes read as ``None``, so ``processing_strategies._resolve_role_boundary_override`` takes the
+    ``hasattr(spec, "model_dump")`` branch and calls ``None()`` (``TypeError: 'NoneType' object is not callable``)
+    when the multimodal collator is built. A plain dict takes its ``dict(spec)`` branch, with the same keys and
+    values. Entries that are already plain dicts or pydantic models are left alone.
+    """
+    entries = cfg.get("role_boundaries")
+    if not entries:
+        return 0
+    converted = 0
+    plain = []
+    for entry in entries:
+        if isinstance(entry, dict) and type(entry) is not dict:
+            plain.append({str(key): value for key, value in entry.items()})
+            converted += 1
+        else:
+            plain.append(entry)
+    if converted:
+        cfg["role_boundaries"] = plain
+    return converted
+
+
 class ScalePlugin(BasePlugin):
     """SCALe for Axolotl: list it under ``plugins:`` and set ``loss: scale``.
 
     - ``get_input_args``: adds ``loss`` and the ``scale_*`` keys (:mod:`.args`) to the config schema;
+    - ``pre_model_load``: passes ``role_boundaries`` on as plain dicts (:func:`plain_role_boundaries`), so the
+      turn markers a multimodal recipe declares work in Axolotl 0.19.0;
     - ``get_trainer_cls``: :class:`~scale_plugins.axolotl.trainer.ScaleAxolotlTrainer` when ``loss: scale``
       (never for ``rl:`` runs, which the config validation refuses anyway);
     - ``post_trainer_create``: checks that the trainer Axolotl built is really the SCALe trainer (another
@@ -33,6 +60,16 @@ class ScalePlugin(BasePlugin):
 
     def get_input_args(self) -> str:
         return "scale_plugins.axolotl.args.ScaleArgs"
+
+    def pre_model_load(self, cfg: Any) -> None:
+        if not _wants_scale(cfg):
+            return
+        if converted := plain_role_boundaries(cfg):
+            LOG.info(
+                "SCALe: passing %d role_boundaries entries on as plain dicts (works around Axolotl 0.19.0's "
+                "DictDefault entries, which its multimodal collator cannot read)",
+                converted,
+            )
 
     def get_trainer_cls(self, cfg: Any) -> type | None:
         if not _wants_scale(cfg) or cfg.get("rl"):

@@ -171,6 +171,30 @@ def test_plugin_refuses_a_trainer_that_is_not_scale():
     ScalePlugin().post_trainer_create(DictDefault({}), object())  # not a SCALe run: nothing to check
 
 
+def test_pre_model_load_passes_role_boundaries_on_as_plain_dicts_in_scale_runs_only():
+    from axolotl.utils.dict import DictDefault
+    from axolotl.utils.schemas.multimodal import RoleBoundarySpec
+
+    from scale_plugins.axolotl import ScalePlugin
+
+    entries = [{"role": "user", "start": "[INST]", "end": "[/INST]", "include_end": False}, {"role": "assistant"}]
+    cfg = DictDefault({"loss": "scale", "role_boundaries": entries})
+    assert [type(e) for e in cfg.role_boundaries] == [DictDefault, DictDefault]  # as load_cfg leaves them
+    ScalePlugin().pre_model_load(cfg)
+    assert [type(e) for e in cfg.role_boundaries] == [dict, dict] and cfg.role_boundaries == entries
+
+    plain_run = DictDefault({"role_boundaries": entries})
+    ScalePlugin().pre_model_load(plain_run)  # not a SCALe run: left as Axolotl has it
+    assert [type(e) for e in plain_run.role_boundaries] == [DictDefault, DictDefault]
+
+    spec = RoleBoundarySpec(role="assistant", start="[/INST]")
+    validated = DictDefault({"loss": "scale"})
+    validated["role_boundaries"] = [spec]  # already readable by Axolotl: untouched
+    ScalePlugin().pre_model_load(validated)
+    assert validated.role_boundaries == [spec]
+    ScalePlugin().pre_model_load(DictDefault({"loss": "scale"}))  # none declared: nothing to do
+
+
 def test_trainer_needs_its_options():
     from scale_plugins.axolotl.trainer import ScaleAxolotlTrainer
 

@@ -273,9 +273,8 @@ def test_multimodal_llava_trains_with_scale(multimodal_run):
     assert "SCALe active: ScaleAxolotlTrainer" in multimodal_run["output"]
     # SCALe tags exactly the supervised tokens that are predicted. Axolotl 0.19 has no role markers for LLaVA
     # (its multimodal collator then masks only pad and image tokens, so the whole chat is supervised, starting
-    # with the first token, which no position predicts), and `role_boundaries:` from the YAML crashes its
-    # collator (`_resolve_role_boundary_override`: `spec.model_dump()` on a DictDefault -> 'NoneType' object is
-    # not callable). So: Axolotl's count (unshifted, cumulative) = SCALe's + one first token per sample.
+    # with the first token, which no position predicts); this run declares no `role_boundaries` (the LLaVA recipe
+    # does: test_recipes.py). So: Axolotl's count (unshifted, cumulative) = SCALe's + one first token per sample.
     trainable = [entry["tokens/trainable"] for entry in logs]
     samples_per_step = 2 * 2
     for entry, step_trainable in zip(logs, [trainable[0]] + [b - a for a, b in zip(trainable, trainable[1:])]):

@@ -1,5 +1,6 @@
-"""DeepSpeed ZeRO-2 through Axolotl, 2 CPU processes over gloo: the first optimizer step equals the
-single-process step on the same 8 samples (2 ranks x micro-batch 2 x accumulation 2 == 1 x 8).
+"""DeepSpeed ZeRO-2, ZeRO-3 and ZeRO-3 with CPU offload (the shipped recipes/deepspeed configs) through Axolotl,
+2 CPU processes over gloo: the first optimizer step equals the single-process step on the same 8 samples
+(2 ranks x micro-batch 2 x accumulation 2 == 1 x 8).
 
 Needs deepspeed in the environment (``DS_BUILD_OPS=0 pip install deepspeed``); the CPU-only plumbing
 is in ``run_axolotl.py --cpu-distributed`` (not needed on GPUs).
@@ -42,7 +43,7 @@ def first_step(command: list[str], runs: dict[str, Any], workdir: Path, env: dic
 RECIPES = Path(__file__).parents[2] / "recipes" / "deepspeed"
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero3_offload"])
 def test_zero_two_processes_equal_one_process(tiny_model_dir, tmp_path, stage):
     """The shipped recipes/deepspeed configs, unchanged, through Axolotl with SCALe on 2 CPU processes."""
     data = write_jsonl(tmp_path / "cot8.jsonl", cot_samples(8))
@@ -52,10 +53,10 @@ def test_zero_two_processes_equal_one_process(tiny_model_dir, tmp_path, stage):
         tmp_path,
         subprocess_env(),
     )
-    zero2_config = axolotl_config(
+    ds_config = axolotl_config(
         tiny_model_dir,
         data,
-        tmp_path / "zero2",
+        tmp_path / stage,
         micro_batch_size=2,
         gradient_accumulation_steps=2,
         deepspeed=json.loads((RECIPES / f"{stage}.json").read_text()),
@@ -63,12 +64,12 @@ def test_zero_two_processes_equal_one_process(tiny_model_dir, tmp_path, stage):
     )
     env = {**subprocess_env(), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     torchrun = str(Path(PYTHON).with_name("torchrun"))
-    zero2 = first_step([torchrun, "--nproc_per_node", "2"], {"zero2": zero2_config}, tmp_path, env)
+    ds = first_step([torchrun, "--nproc_per_node", "2"], {stage: ds_config}, tmp_path, env)
 
-    assert zero2["trainer"] == "ScaleAxolotlTrainer" and zero2["num_processes"] == 2
-    assert zero2["distributed_type"] == "DistributedType.DEEPSPEED"
-    assert zero2["tokens/trainable"] == single["tokens/trainable"]  # the same 8 samples, split over the ranks
-    assert zero2["loss"] == pytest.approx(single["loss"], abs=1e-5)
-    assert zero2["grad_norm"] == pytest.approx(single["grad_norm"], abs=1e-5)
+    assert ds["trainer"] == "ScaleAxolotlTrainer" and ds["num_processes"] == 2
+    assert ds["distributed_type"] == "DistributedType.DEEPSPEED"
+    assert ds["tokens/trainable"] == single["tokens/trainable"]  # the same 8 samples, split over the ranks
+    assert ds["loss"] == pytest.approx(single["loss"], abs=1e-5)
+    assert ds["grad_norm"] == pytest.approx(single["grad_norm"], abs=1e-5)
     for key in ("scale/think_loss", "scale/answer_loss", "scale/think_tokens", "scale/answer_tokens"):
-        assert zero2[key] == pytest.approx(single[key], abs=1e-5), key
+        assert ds[key] == pytest.approx(single[key], abs=1e-5), key

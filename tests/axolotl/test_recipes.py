@@ -9,7 +9,8 @@
   the tiny models, whose parameter names are those of the real checkpoints once loaded by transformers);
 - LLaVA-NeXT: the recipe's chat format and turn markers make Axolotl's multimodal collator supervise the assistant
   turns only, and SCALe finds think and answer there; Axolotl 0.19.0 itself crashes on turn markers read from a
-  config file (a strict xfail, so we learn when that is fixed);
+  config file unless ``ScalePlugin.pre_model_load`` passes them on as plain dicts (a strict xfail, so we learn when
+  Axolotl fixes it), and ``axolotl train`` on the recipe supervises exactly the assistant turns;
 - GRPO: the recipe loads, hands TRL our reward functions and its settings, and (slow) the documented
   ``axolotl train ... --no-trl.use-vllm`` runs 2 steps on CPU with both rewards logged and right.
 
@@ -398,18 +399,101 @@ def test_llava_recipe_supervises_only_the_assistant_turns(llava_cfg, red_square)
     )
 
 
+def test_llava_recipe_role_boundaries_through_the_plugin(llava_cfg, red_square):
+    """What the trainer builder passes (``list(cfg.role_boundaries)``) once ``ScalePlugin.pre_model_load`` ran, as
+    it does before the model is loaded: the entries are plain dicts and only the assistant turns are supervised."""
+    from axolotl.integrations.base import PluginManager
+
+    PluginManager.get_instance().pre_model_load(llava_cfg)
+    assert all(type(entry) is dict for entry in llava_cfg.role_boundaries)
+    assert_only_assistant_turns_supervised(
+        llava_supervised_text(llava_cfg, list(llava_cfg.role_boundaries), red_square)
+    )
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=TypeError,
     reason="Axolotl 0.19.0 bug: load_cfg turns role_boundaries entries into DictDefault, whose missing attributes are "
     "None, so processing_strategies._resolve_role_boundary_override calls spec.model_dump() on None",
 )
-def test_llava_recipe_role_boundaries_as_axolotl_passes_them(llava_cfg, red_square):
-    """Exactly what the trainer builder passes (``list(cfg.role_boundaries)``). XPASS means Axolotl fixed it: then
-    update the LLaVA recipe's header and docs/recipes.md, and drop this marker."""
+def test_axolotl_role_boundaries_bug_without_the_plugin_hook(llava_cfg, red_square):
+    """The entries as Axolotl 0.19.0 passes them when no plugin converts them. XPASS means Axolotl fixed it: then
+    ``plain_role_boundaries`` can go (scale_plugins/axolotl/plugin.py), with this marker."""
     assert_only_assistant_turns_supervised(
         llava_supervised_text(llava_cfg, list(llava_cfg.role_boundaries), red_square)
     )
+
+
+@pytest.mark.slow
+def test_llava_recipe_trains_assistant_turns_only_with_axolotl_train(tiny_vlms, tmp_path):
+    """``axolotl train`` on the LLaVA recipe as written (ZeRO-3 and bf16 off for one CPU process): SCALe counts
+    exactly the tokens Axolotl trains (with no turn markers it would be every token, prompt included: then Axolotl's
+    count exceeds SCALe's by the first token of each sample, see test_coverage.py)."""
+    from PIL import Image
+
+    rows = []
+    for i, (colour, letter) in enumerate([((255, 0, 0), "B"), ((0, 0, 255), "A")] * 2):
+        path = tmp_path / f"image_{i}.png"
+        Image.new("RGB", (28, 28), colour).save(path)
+        trace = " ".join(["The square is one colour."] * (1 + i))
+        rows.append(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "path": str(path)},
+                            {"type": "text", "text": f"Question {i}: what colour is it? A) blue B) red"},
+                        ],
+                    },
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "text", "text": f"<think>\n{trace}\n</think>\n<answer>{letter}</answer>"}],
+                    },
+                ]
+            }
+        )
+    data = write_jsonl(tmp_path / "cot.jsonl", rows)
+    config = loadable(read_recipe(recipe_path(LLAVA)), tiny_vlms["llava_next"], data, tmp_path)
+    config.update(
+        max_steps=2,
+        micro_batch_size=2,
+        gradient_accumulation_steps=1,
+        bf16=False,
+        gradient_checkpointing=False,
+        save_steps=2,
+        logging_steps=1,
+        dataloader_num_workers=0,
+        dataset_num_proc=1,
+        shuffle_merged_datasets=False,
+    )
+    path = tmp_path / "llava.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [AXOLOTL, "train", str(path), "--launcher", "python"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert "SCALe: passing 2 role_boundaries entries on as plain dicts" in output
+    assert "role_boundaries_override=set" in output and "SCALe active: ScaleAxolotlTrainer" in output
+
+    state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    logs = [entry for entry in state["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [1, 2]
+    trainable = [entry["tokens/trainable"] for entry in logs]  # cumulative, like tokens/total
+    total = [entry["tokens/total"] for entry in logs]
+    for entry, step_trainable, step_total in zip(
+        logs, [trainable[0], trainable[1] - trainable[0]], [total[0], total[1] - total[0]]
+    ):
+        assert entry["scale/think_tokens"] > 0 and entry["scale/answer_tokens"] > 0
+        assert step_trainable < step_total / 2  # the prompts (image tokens included) are not trained
+        assert entry["scale/think_tokens"] + entry["scale/answer_tokens"] == step_trainable
 
 
 # -- GRPO --------------------------------------------------------------------------------------------------------------

@@ -204,14 +204,16 @@ def test_llava_trains_with_scale(llava, patched, tmp_path):
     _assert_scale_ran(logs, 2)
 
 
-# ---------------------------------------------------------------- 4. DeepSpeed ZeRO-3
+# ---------------------------------------------------------------- 4. DeepSpeed ZeRO-3, with and without CPU offload
 
 
 @pytest.mark.distributed
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (extra: deepspeed)")
-def test_deepspeed_zero3_workers_train_with_scale(tiny, single_process, tmp_path):  # noqa: F811
-    """The recipe's ZeRO-3 config on 2 CPU workers: both use SCALe, same loss / grad norm as one process."""
-    zero3 = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / "zero3.json"
-    logs = _train_two_workers(tiny, tmp_path, env={"DS_ACCELERATOR": "cpu"}, deepspeed=str(zero3))
+@pytest.mark.parametrize("stage", ["zero3", "zero3_offload"])
+def test_deepspeed_zero3_workers_train_with_scale(tiny, single_process, tmp_path, stage):  # noqa: F811
+    """The recipe's ZeRO-3 config (and its CPU-offload variant) on 2 CPU workers: both use SCALe, same loss / grad
+    norm as one process."""
+    config = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / f"{stage}.json"
+    logs = _train_two_workers(tiny, tmp_path, env={"DS_ACCELERATOR": "cpu"}, deepspeed=str(config))
     _assert_same_steps(logs, single_process)
     _assert_scale_ran(logs, 2)
