@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
-from ..core import ScaleConfigError, ScaleOptions, option_fields
+from ..core import ScaleOptions, option_fields
 
 PREFIX = "scale_"
 PLUGIN_PATH = "scale_plugins.axolotl.ScalePlugin"
@@ -135,9 +135,4 @@ ScaleArgs = create_model(
 def scale_options_from_cfg(cfg: Mapping[str, Any]) -> ScaleOptions:
     """The :class:`ScaleOptions` of an Axolotl config (a ``DictDefault`` or any mapping); errors name the key."""
     values = {key: cfg.get(key) for key in OPTION_KEYS}
-    try:
-        return ScaleOptions.from_dict(values, prefix=PREFIX)
-    except ScaleConfigError as err:
-        raise ScaleConfigError(f"{PREFIX}{err}") from None
-    except TypeError as err:  # e.g. a wrongly typed extra_segments entry
-        raise ScaleConfigError(f"{PREFIX}extra_segments: {err}") from None
+    return ScaleOptions.from_dict(values, prefix=PREFIX)

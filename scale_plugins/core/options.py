@@ -20,7 +20,19 @@ RESERVED_SEGMENT_NAMES = ("ignored", "think", "answer")
 
 
 class ScaleConfigError(ValueError):
-    """An invalid SCALe option. The message names the key and what is allowed."""
+    """An invalid SCALe option. The message is ``"<key>[/<key>...]: what is wrong and what is allowed"``.
+
+    :meth:`ScaleOptions.from_dict` names the keys as the host spells them (``scale_think_open/scale_think_close:
+    ...``); :meth:`with_prefix` does that for any message of this form.
+    """
+
+    def with_prefix(self, prefix: str) -> ScaleConfigError:
+        """The same error naming ``prefix + key`` for each key of its head (``a/b: ...`` -> ``pa/pb: ...``)."""
+        message = str(self)
+        keys, sep, rest = message.partition(": ")
+        if not prefix or not sep or " " in keys or keys.startswith(prefix):
+            return ScaleConfigError(message)
+        return ScaleConfigError("/".join(prefix + key for key in keys.split("/")) + sep + rest)
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,10 @@ class ExtraSegment:
                 raise ScaleConfigError(
                     f"{key}: {spec!r} must look like 'name:<open>:</close>[:weight_start[:weight_end]]'"
                 )
-            weights = [float(p) for p in parts[3:]]
+            try:
+                weights = [float(p) for p in parts[3:]]
+            except ValueError:
+                raise ScaleConfigError(f"{key}: {spec!r}: the weights must be numbers") from None
             start = weights[0] if weights else 0.5
             end = weights[1] if len(weights) > 1 else start
             spec = {"name": parts[0], "open": parts[1], "close": parts[2], "weight_start": start, "weight_end": end}
@@ -66,8 +81,11 @@ class ExtraSegment:
         except KeyError as err:
             raise ScaleConfigError(f"{key}: every entry needs 'name', 'open' and 'close'") from err
         weight = spec.get("weight", 0.5)
-        start = float(spec.get("weight_start", weight))
-        end = float(spec.get("weight_end", spec.get("weight", start)))
+        try:
+            start = float(spec.get("weight_start", weight))
+            end = float(spec.get("weight_end", spec.get("weight", start)))
+        except (TypeError, ValueError):
+            raise ScaleConfigError(f"{key}[{name}]: the weights must be numbers, got {dict(spec)!r}") from None
         return cls(
             str(name), str(open_tag) if open_tag is not None else "", str(close_tag) if close_tag else "", start, end
         )
@@ -138,7 +156,7 @@ class ScaleOptions:
                     raise ScaleConfigError(f"{f.name}: must be a number, got {value!r}")
                 lo, hi = f.metadata["minimum"], f.metadata["maximum"]
                 if not lo <= value <= hi:
-                    raise ScaleConfigError(f"{f.name}: {value!r} is out of range; allowed: {lo} <= {f.name} <= {hi}")
+                    raise ScaleConfigError(f"{f.name}: {value!r} is out of range; allowed: {lo} to {hi}")
         for key in ("think_open", "think_close"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ScaleConfigError(f"{key}: must be a non-empty string")
@@ -168,7 +186,8 @@ class ScaleOptions:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], prefix: str = "") -> ScaleOptions:
-        """Build from a mapping, reading ``prefix + name`` keys; unknown prefixed keys are errors."""
+        """Build from a mapping, reading ``prefix + name`` keys (``None`` = the default); unknown prefixed keys are
+        errors. Every :class:`ScaleConfigError` names the keys as written there, ``prefix`` included."""
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():
@@ -179,7 +198,10 @@ class ScaleOptions:
                 raise ScaleConfigError(f"{key}: unknown SCALe option; known: {sorted(prefix + k for k in known)}")
             if value is not None:
                 kwargs[name] = value
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ScaleConfigError as err:
+            raise err.with_prefix(prefix) from None
 
     def to_dict(self, prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -68,20 +68,7 @@ def _scale_fields() -> list[tuple[str, Any, dataclasses.Field]]:
 
 def scale_options_from(values: Mapping[str, Any]) -> ScaleOptions:
     """:class:`ScaleOptions` from a mapping of ``scale_*`` keys (absent keys take the defaults); errors name the key."""
-    try:
-        return ScaleOptions.from_dict({key: values[key] for key in OPTION_KEYS if key in values}, prefix=PREFIX)
-    except ScaleConfigError as err:
-        raise ScaleConfigError(_with_prefix(str(err))) from None
-    except TypeError as err:  # e.g. a wrongly typed extra_segments entry
-        raise ScaleConfigError(f"{PREFIX}extra_segments: {err}") from None
-
-
-def _with_prefix(message: str) -> str:
-    """The core names options without the prefix ("think_open/think_close: ..."); name the YAML keys instead."""
-    keys, sep, rest = message.partition(": ")
-    if not sep:
-        return message
-    return "/".join(PREFIX + key for key in keys.split("/")) + sep + rest
+    return ScaleOptions.from_dict({key: values[key] for key in OPTION_KEYS if key in values}, prefix=PREFIX)
 
 
 def _scale_options(self: Any) -> ScaleOptions:

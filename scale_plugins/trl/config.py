@@ -31,10 +31,7 @@ def _post_init(self: Any) -> None:
 def _scale_options(self: Any) -> ScaleOptions:
     """The SCALe options of this config as the core's :class:`ScaleOptions`."""
     values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith(PREFIX)}
-    try:
-        return ScaleOptions.from_dict(values, prefix=PREFIX)
-    except ScaleConfigError as err:
-        raise ScaleConfigError(f"{PREFIX}{err}") from None
+    return ScaleOptions.from_dict(values, prefix=PREFIX)
 
 
 ScaleSFTConfig = dataclasses.make_dataclass(

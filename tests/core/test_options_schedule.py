@@ -38,6 +38,9 @@ def test_defaults_follow_method():
         ({"extra_segments": [{"name": "think", "open": "<a>", "close": "</a>"}]}, "reserved"),
         ({"extra_segments": [{"name": "p", "open": "<a>", "close": "</a>", "colour": 1}]}, "unknown field"),
         ({"extra_segments": ["p:<a>"]}, "must look like"),
+        ({"extra_segments": ["p:<a>:</a>:heavy"]}, "extra_segments: 'p:<a>:</a>:heavy': the weights must be numbers"),
+        ({"extra_segments": [{"name": "p", "open": "<a>", "close": "</a>", "weight": [1]}]}, "extra_segments[p]"),
+        ({"extra_segments": [3]}, "extra_segments: each entry must be a mapping or a string"),
     ],
 )
 def test_invalid_options_name_the_key(kwargs, needle):
@@ -52,6 +55,29 @@ def test_from_dict_with_prefix_rejects_unknown_keys():
     with pytest.raises(ScaleConfigError, match="scale_shedule: unknown SCALe option"):
         ScaleOptions.from_dict({"scale_shedule": "linear"}, prefix="scale_")
     assert ScaleOptions.from_dict(o.to_dict("scale_"), prefix="scale_") == o
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"scale_answer_weight_start": 1.5}, "scale_answer_weight_start: 1.5 is out of range; allowed: 0.0 to 1.0"),
+        ({"scale_think_open": "<t>", "scale_think_close": "<t>"}, "scale_think_open/scale_think_close: the two tags"),
+        ({"scale_schedule": "cosin"}, "scale_schedule: 'cosin' is not allowed"),
+        ({"scale_extra_segments": ["p:<a>:</a>:x"]}, "scale_extra_segments: 'p:<a>:</a>:x': the weights"),
+        ({"scale_extra_segments": [{"name": "p", "open": "<a>", "close": "<a>"}]}, "scale_extra_segments[p]: 'open'"),
+    ],
+)
+def test_from_dict_errors_name_the_keys_as_the_host_writes_them(values, message):
+    with pytest.raises(ScaleConfigError) as err:
+        ScaleOptions.from_dict(values, prefix="scale_")
+    assert str(err.value).startswith(message)
+
+
+def test_with_prefix_leaves_other_messages_alone():
+    assert str(ScaleConfigError("x: bad").with_prefix("")) == "x: bad"
+    assert str(ScaleConfigError("scale_x: bad").with_prefix("scale_")) == "scale_x: bad"  # already the host's key
+    assert str(ScaleConfigError("no key here").with_prefix("scale_")) == "no key here"
+    assert str(ScaleConfigError("a/b: bad: worse").with_prefix("p_")) == "p_a/p_b: bad: worse"
 
 
 def test_extra_segments_parse_from_yaml_and_cli_forms():
