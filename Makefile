@@ -68,6 +68,8 @@ test-axolotl: env-axolotl
 
 test-llamafactory: env-llamafactory env-browser
 	$(call ext,$(LF_ENV)) $(LF_ENV)/bin/python $(PYTEST) tests/llamafactory
+	# ScaleSFTTrainer on TRL 0.24 / transformers 5.6 (LLaMA-Factory's pins), single process
+	$(call ext,$(LF_ENV)) $(LF_ENV)/bin/python $(PYTEST) tests/trl --ignore=tests/trl/test_distributed.py
 
 lint: env-trl
 	$(TRL_ENV)/bin/ruff check scale_plugins tests

@@ -21,17 +21,31 @@ def make_parser(prog: str = "scale-plugins trl-sft"):
 
 
 def train(script_args, training_args, model_args, dataset_args) -> None:
+    import inspect
+
     from datasets import load_dataset
-    from trl import get_dataset, get_peft_config, get_quantization_config
+    from trl import SFTTrainer, get_dataset, get_peft_config, get_quantization_config
 
     from .trainer import ScaleSFTTrainer
 
+    # trust_remote_code is an SFTConfig field from TRL 1.x on, a ModelConfig field before
+    trust_remote_code = getattr(training_args, "trust_remote_code", None)
+    if trust_remote_code is None:
+        trust_remote_code = getattr(model_args, "trust_remote_code", False)
     model_init_kwargs = {
         "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
+        "trust_remote_code": trust_remote_code,
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
+    trainer_kwargs = {}
+    if (quantization := get_quantization_config(model_args)) is not None:
+        if "quantization_config" in inspect.signature(SFTTrainer.__init__).parameters:  # TRL >= 1.x
+            trainer_kwargs["quantization_config"] = quantization
+        else:  # TRL 0.x (as `trl sft` of that version does)
+            from trl import get_kbit_device_map
+
+            model_init_kwargs.update(device_map=get_kbit_device_map(), quantization_config=quantization)
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
 
@@ -50,7 +64,7 @@ def train(script_args, training_args, model_args, dataset_args) -> None:
         train_dataset=dataset[script_args.dataset_train_split],
         eval_dataset=dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None,
         peft_config=get_peft_config(model_args),
-        **({"quantization_config": q} if (q := get_quantization_config(model_args)) is not None else {}),
+        **trainer_kwargs,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -14,6 +15,12 @@ import pytest
 from scale_plugins.data import synthetic_cot
 
 from . import helpers
+
+# The recipe is written for TRL 1.x's GRPOConfig (the TRL environment). LLaMA-Factory's environment pins trl 0.24,
+# whose GRPOTrainer does not even import there (its callbacks import mergekit); docs/recipes.md sends LLaMA-Factory
+# users to the TRL environment for GRPO.
+if int(importlib.metadata.version("trl").split(".")[0]) < 1:
+    pytest.skip("the TRL GRPO recipe targets TRL 1.x", allow_module_level=True)
 
 ROOT = Path(__file__).parents[2]
 RECIPE = ROOT / "recipes" / "trl" / "grpo_from_scale_sft.yaml"
