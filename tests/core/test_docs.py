@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 from scale_plugins.core.options import option_fields, options_markdown
@@ -22,3 +23,35 @@ def test_importing_the_package_imports_no_framework():
     code = "import sys, scale_plugins, scale_plugins.core; print(sorted(m for m in ('transformers', 'trl', 'axolotl', 'llamafactory', 'accelerate', 'deepspeed') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+ROOT = DOCS.parent
+PATH_IN_TEXT = re.compile(r"(?<![\w/.<-])((?:recipes|docs|tests|scale_plugins|\.ci)/[\w./-]*[\w/])")
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def _markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+def test_repository_paths_named_in_the_docs_exist():
+    """README.md and docs/*.md name files of this repository (recipes, tests, modules): each one is there."""
+    missing = []
+    for md in _markdown_files():
+        for match in PATH_IN_TEXT.finditer(md.read_text()):
+            path = match.group(1).split("::")[0].rstrip(".")
+            if not (ROOT / path).exists():
+                missing.append(f"{md.name}: {path}")
+    assert not missing, missing
+
+
+def test_relative_links_in_the_docs_resolve():
+    broken = []
+    for md in _markdown_files():
+        for match in LINK.finditer(md.read_text()):
+            target = match.group(1)
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (md.parent / target).exists():
+                broken.append(f"{md.name}: {target}")
+    assert not broken, broken
