@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,15 @@ def subprocess_env() -> dict[str, str]:
     env.update(AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
+
+
+def run_ok(command: list[str], cwd: Path, timeout: int, env: dict[str, str] | None = None) -> str:
+    """Run ``command`` (with :func:`subprocess_env` unless ``env`` is given), assert it succeeded; its output."""
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env or subprocess_env(), timeout=timeout, cwd=cwd
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout + result.stderr
 
 
 PYTHON = sys.executable

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pytest
 
 from scale_plugins.core import ScaleOptions, segment_weights
 
-from .conftest import PYTHON, axolotl_config, cot_samples, scale_keys, subprocess_env, write_jsonl
+from .conftest import PYTHON, axolotl_config, cot_samples, run_ok, scale_keys, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -80,18 +79,10 @@ def run_many(runs: dict[str, dict[str, Any]], workdir: Path, timeout: int = 480)
     driver, spec, out = workdir / "driver.py", workdir / "runs.json", workdir / "results.json"
     driver.write_text(DRIVER.format(run_axolotl=str(RUN_AXOLOTL)))
     spec.write_text(json.dumps(runs))
-    result = subprocess.run(
-        [PYTHON, str(driver), str(spec), str(out)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=timeout,
-        cwd=workdir,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    output = run_ok([PYTHON, str(driver), str(spec), str(out)], workdir, timeout)
     results = json.loads(out.read_text())
     for r in results.values():
-        r["output"] = result.stdout + result.stderr
+        r["output"] = output
     return results
 
 

@@ -9,13 +9,12 @@ is in ``run_axolotl.py --cpu-distributed`` (not needed on GPUs).
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import PYTHON, axolotl_config, cot_samples, scale_keys, subprocess_env, write_jsonl
+from .conftest import PYTHON, axolotl_config, cot_samples, run_ok, scale_keys, subprocess_env, write_jsonl
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (DS_BUILD_OPS=0 pip install deepspeed)")
 
@@ -27,15 +26,8 @@ DRIVER = Path(__file__).with_name("run_axolotl.py")
 def first_step(command: list[str], runs: dict[str, Any], workdir: Path, env: dict[str, str]) -> dict[str, Any]:
     spec, out = workdir / "runs.json", workdir / "results.json"
     spec.write_text(json.dumps(runs))
-    result = subprocess.run(
-        [*command, str(DRIVER), str(spec), str(out), *(["--cpu-distributed"] if "torchrun" in command[0] else [])],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=workdir,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    distributed = ["--cpu-distributed"] if "torchrun" in command[0] else []
+    run_ok([*command, str(DRIVER), str(spec), str(out), *distributed], workdir, 300, env=env)
     (run,) = json.loads(out.read_text()).values()
     return {**run, **next(entry for entry in run["log_history"] if "loss" in entry)}
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import yaml
 
 from scale_plugins.core import ANSWER, THINK, ScaleOptions
 
-from .conftest import PLUGIN, PYTHON, subprocess_env, write_jsonl
+from .conftest import PLUGIN, PYTHON, run_ok, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE_DIR = ROOT / "recipes" / "axolotl"
@@ -207,6 +206,28 @@ def load(cfg: dict[str, Any]) -> Any:
     from axolotl.utils.dict import DictDefault
 
     return load_cfg(DictDefault(cfg))
+
+
+def train_two_cpu_steps(
+    config: dict[str, Any], workdir: Path, micro_batch_size: int, *flags: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """``axolotl train`` on a loadable recipe shrunk to 2 steps of one CPU process; its output and log history."""
+    config.update(
+        max_steps=2,
+        micro_batch_size=micro_batch_size,
+        gradient_accumulation_steps=1,
+        bf16=False,
+        gradient_checkpointing=False,
+        save_steps=2,
+        logging_steps=1,
+        dataloader_num_workers=0,
+        dataset_num_proc=1,
+    )
+    path = workdir / "recipe.yml"
+    path.write_text(yaml.safe_dump(config))
+    output = run_ok([AXOLOTL, "train", str(path), "--launcher", "python", *flags], workdir, 600)
+    state = json.loads((workdir / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    return output, state["log_history"]
 
 
 # -- every recipe: Axolotl's schema, as on the GPUs the header names -----------------------------------------------
@@ -456,35 +477,11 @@ def test_llava_recipe_trains_assistant_turns_only_with_axolotl_train(tiny_vlms, 
         )
     data = write_jsonl(tmp_path / "cot.jsonl", rows)
     config = loadable(read_recipe(recipe_path(LLAVA)), tiny_vlms["llava_next"], data, tmp_path)
-    config.update(
-        max_steps=2,
-        micro_batch_size=2,
-        gradient_accumulation_steps=1,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_steps=2,
-        logging_steps=1,
-        dataloader_num_workers=0,
-        dataset_num_proc=1,
-        shuffle_merged_datasets=False,
-    )
-    path = tmp_path / "llava.yml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [AXOLOTL, "train", str(path), "--launcher", "python"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=600,
-        cwd=tmp_path,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    output, history = train_two_cpu_steps(config, tmp_path, 2)
     assert "SCALe: passing 2 role_boundaries entries on as plain dicts" in output
     assert "role_boundaries_override=set" in output and "SCALe active: ScaleAxolotlTrainer" in output
 
-    state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
-    logs = [entry for entry in state["log_history"] if "loss" in entry]
+    logs = [entry for entry in history if "loss" in entry]
     assert [entry["step"] for entry in logs] == [1, 2]
     trainable = [entry["tokens/trainable"] for entry in logs]  # cumulative, like tokens/total
     total = [entry["tokens/total"] for entry in logs]
@@ -569,32 +566,10 @@ def test_grpo_recipe_two_steps_on_cpu_without_vllm(tmp_path):
     recipe = read_recipe(GRPO_RECIPE)
     assert recipe["trl"]["use_vllm"] is True
     config = loadable(recipe, tmp_path / "sft", data, tmp_path)
-    config.update(
-        max_steps=2,
-        micro_batch_size=8,  # = 2 prompts x 4 generations: both rows in every step
-        gradient_accumulation_steps=1,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_steps=2,
-        logging_steps=1,
-        dataloader_num_workers=0,
-        dataset_num_proc=1,
-    )
     config["trl"].update(num_generations=4, max_completion_length=16, log_completions=False)
-    path = tmp_path / "grpo.yml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [AXOLOTL, "train", str(path), "--launcher", "python", "--no-trl.use-vllm"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-
-    state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
-    logs = [entry for entry in state["log_history"] if "reward" in entry]
+    # micro-batch 8 = 2 prompts x 4 generations: both rows in every step
+    _, history = train_two_cpu_steps(config, tmp_path, 8, "--no-trl.use-vllm")
+    logs = [entry for entry in history if "reward" in entry]
     assert [entry["step"] for entry in logs] == [1, 2]
     for entry in logs:
         assert entry["completions/mean_length"] == len(completion) + 1  # + <|im_end|>

@@ -20,7 +20,7 @@ import yaml
 
 from scale_plugins.core import ScaleOptions, segment_weights
 
-from .conftest import PLUGIN, PYTHON, axolotl_config, cot_samples, scale_keys, subprocess_env, write_jsonl
+from .conftest import PLUGIN, PYTHON, axolotl_config, cot_samples, run_ok, scale_keys, subprocess_env, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -148,15 +148,7 @@ def first_steps(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     }
     spec, out = workdir / "runs.json", workdir / "results.json"
     spec.write_text(json.dumps(runs))
-    result = subprocess.run(
-        [PYTHON, str(DRIVER), str(spec), str(out)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=420,
-        cwd=workdir,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run_ok([PYTHON, str(DRIVER), str(spec), str(out)], workdir, 420)
     results = json.loads(out.read_text())
     return {name: {"trainer": r["trainer"], **train_logs(r["log_history"])[0]} for name, r in results.items()}
 
