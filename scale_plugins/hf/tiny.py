@@ -13,7 +13,8 @@ Nothing here touches the network or a model hub:
   spaces) trained on a generated corpus and wrapped like Llama/Mistral tokenizers;
   tags become pieces glued to a space or split: ``"x<think>"`` -> ``▁x | < | think>``,
   ``" </think>"`` -> ``▁</ | think>``, ``" <think>"`` -> ``▁<think>``.
-- :func:`tiny_causal_lm`: a randomly initialised, few-layer ``Qwen2ForCausalLM``.
+- :func:`tiny_causal_lm`: a randomly initialised, few-layer ``Qwen2ForCausalLM``;
+- :func:`tiny_llava`, :func:`tiny_qwen2_5_vl`: tiny vision-language models with their processors (no torchvision).
 
 All tokenizers carry a Qwen-style ChatML chat template whose assistant content is
 wrapped in ``{% generation %}`` markers, so ``return_assistant_tokens_mask=True``
@@ -447,4 +448,71 @@ def tiny_llava(hidden_size: int = 32, image_size: int = 28, patch_size: int = 14
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
+    return model, processor
+
+
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen2_5_vl(hidden_size: int = 32, image_size: int = 56, seed: int = 0):
+    """A tiny Qwen2.5-VL (its real architecture: windowed ViT, patch merger, M-RoPE) and an image-only processor.
+
+    The tokenizer is the real Qwen2.5 BPE with its vision tokens at their real ids (``<|image_pad|>`` = 151655);
+    the chat template renders an image part as ``<|vision_start|><|image_pad|><|vision_end|>``, as Qwen2.5-VL's
+    does. The processor is Qwen2.5-VL's, built without its video processor, which needs torchvision (no CPU build
+    on our test machines); images go through the PIL image processor. Each ``image_size`` x ``image_size`` image
+    becomes ``(image_size / 28) ** 2`` ``<|image_pad|>`` tokens. Returns ``(model, processor)``.
+    """
+    import copy
+
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+        # the processor's sub-processors are read from this signature: no video_processor
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    tokenizer = copy.deepcopy(qwen_tokenizer(qwen3_specials=False))
+    tokenizer.chat_template = QWEN_VL_CHAT_TEMPLATE
+    pixels = image_size * image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    processor = ImageOnlyQwen2_5_VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_VL_CHAT_TEMPLATE
+    )
+    head_dim = 8
+    text = dict(
+        vocab_size=-(-len(tokenizer) // 64) * 64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=hidden_size // head_dim,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},  # sums to head_dim / 2
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        depth=1,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_heads=2,
+        out_hidden_size=hidden_size,
+        fullatt_block_indexes=[0],
+        window_size=28,
+        patch_size=14,
+    )
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
     return model, processor

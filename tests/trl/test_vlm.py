@@ -1,14 +1,19 @@
-"""A tiny LLaVA through TRL's vision collator with SCALe (Qwen2.5-VL needs torchvision: see docs/trl.md)."""
+"""Tiny vision-language models through TRL's vision collator with SCALe: LLaVA (CLIP + Qwen2) and Qwen2.5-VL (its
+own architecture: windowed ViT, patch merger, M-RoPE; its processor without the torchvision-only video processor)."""
 
 from __future__ import annotations
 
+import copy
+import importlib.metadata
 import math
 
 import datasets
 import pytest
+from trl import SFTConfig, SFTTrainer
 
 from scale_plugins.core import ScaleOptions, answer_weight
 from scale_plugins.data import synthetic_cot
+from scale_plugins.hf.tiny import tiny_llava, tiny_qwen2_5_vl
 from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
 
 from . import helpers
@@ -33,24 +38,65 @@ def vlm_dataset(n: int) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-def test_tiny_llava_five_steps(tmp_path):
-    from scale_plugins.hf.tiny import tiny_llava
+# Stock SFTTrainer itself fails on Qwen2.5-VL batches with trl 0.24 + transformers 5.6 (LLaMA-Factory's pins): the
+# batch's `mm_token_type_ids` come out shorter than `input_ids`, and the model's M-RoPE indexing raises IndexError.
+needs_trl_1 = pytest.mark.skipif(
+    int(importlib.metadata.version("trl").split(".")[0]) < 1,
+    reason="stock SFTTrainer of trl 0.x fails on Qwen2.5-VL batches (mm_token_type_ids shorter than input_ids)",
+)
 
-    model, processor = tiny_llava()
+# (builder, steps, image tokens per image): Qwen2.5-VL's 151,936-token vocabulary makes its steps slower
+VLMS = {"llava": (tiny_llava, 5, 4), "qwen2_5_vl": pytest.param((tiny_qwen2_5_vl, 3, 4), marks=needs_trl_1)}
+
+
+@pytest.mark.parametrize("vlm", list(VLMS.values()), ids=list(VLMS))
+def test_tiny_vlm_trains_with_scale(tmp_path, vlm):
+    build, steps, image_tokens = vlm
+    model, processor = build()
     trainer = ScaleSFTTrainer(
         model=model,
-        args=helpers.config(ScaleSFTConfig, tmp_path, max_steps=5, max_length=None),
-        train_dataset=vlm_dataset(20),
+        args=helpers.config(ScaleSFTConfig, tmp_path, max_steps=steps, max_length=None),
+        train_dataset=vlm_dataset(4 * steps),
         processing_class=processor,
     )
     batch = next(iter(trainer.get_train_dataloader()))
     assert "pixel_values" in batch
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    assert ((batch["input_ids"] == image_token).sum(dim=1) == image_tokens).all()
+    assert not (batch["labels"] == image_token).any()  # image tokens are never supervised
     trainer.train()
     rows = [r for r in trainer.state.log_history if "scale/answer_weight" in r]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
     for r in rows:
-        assert math.isclose(r["scale/answer_weight"], answer_weight(r["step"] - 1, 5, ScaleOptions()))
+        assert math.isclose(r["scale/answer_weight"], answer_weight(r["step"] - 1, steps, ScaleOptions()))
         assert r["scale/think_tokens"] > 0 and r["scale/answer_tokens"] > 0
         assert math.isfinite(r["scale/think_loss"]) and math.isfinite(r["scale/answer_loss"])
     # prompt-completion data: only the completion is supervised, so the answer segment is the short answer
     assert rows[0]["scale/answer_tokens"] < rows[0]["scale/think_tokens"] / 3
+
+
+@needs_trl_1
+def test_qwen2_5_vl_equal_weights_match_stock(tmp_path):
+    """Equal weights + token normalization: the same loss and gradient as stock SFTTrainer on Qwen2.5-VL's batch
+    (pixel values, image grid, M-RoPE positions computed by the model), vision tower included."""
+    from .test_trainer import EQUAL, assert_same_grads, one_step
+
+    model, processor = tiny_qwen2_5_vl()
+    data = vlm_dataset(4)
+    stock = SFTTrainer(
+        model=copy.deepcopy(model),
+        args=helpers.config(SFTConfig, tmp_path / "a", max_length=None),
+        train_dataset=data,
+        processing_class=processor,
+    )
+    loss_a, grads_a = one_step(stock)
+    ours = ScaleSFTTrainer(
+        model=model,
+        args=helpers.config(ScaleSFTConfig, tmp_path / "b", max_length=None, **EQUAL),
+        train_dataset=data,
+        processing_class=processor,
+    )
+    loss_b, grads_b = one_step(ours)
+    assert math.isclose(loss_a, loss_b, rel_tol=1e-6, abs_tol=1e-6)
+    assert any(name.startswith("model.visual.") for name in grads_b)
+    assert_same_grads(grads_a, grads_b)
