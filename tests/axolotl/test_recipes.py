@@ -99,80 +99,23 @@ def restore_environ():
 # -- tiny models of the recipes' architectures -------------------------------------------------------------------
 
 
-def tiny_vlm_config(model_type: str, vocab_size: int = 1024, **text: Any) -> Any:
-    """A 2-layer config of the real architecture: same model_type and parameter names as the 3-7B checkpoints."""
-    from transformers import Gemma3Config, LlavaNextConfig, Qwen2_5_VLConfig
-
-    text = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        **text,
-    )
-    vision = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2)
-    if model_type == "qwen2_5_vl":
-        text["rope_scaling"] = {"type": "mrope", "mrope_section": [1, 1, 2]}
-        vision.update(
-            depth=1, num_heads=2, out_hidden_size=32, fullatt_block_indexes=[0], window_size=28, patch_size=14
-        )
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision)
-    if model_type == "llava_next":
-        vision.update(
-            model_type="clip_vision_model", num_hidden_layers=1, image_size=28, patch_size=14, projection_dim=32
-        )
-        return LlavaNextConfig(
-            text_config={"model_type": "mistral", **text}, vision_config=vision, image_grid_pinpoints=[[28, 28]]
-        )
-    if model_type == "gemma3":
-        vision.update(num_hidden_layers=1, image_size=28, patch_size=14)
-        return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
-    raise ValueError(model_type)
-
-
-def tiny_llava_next_processor(workdir: Path) -> Any:
-    """LLaVA-NeXT's processor around a Mistral-style SentencePiece tokenizer (no bos added, ``</s>`` eos)."""
-    from transformers import LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    from scale_plugins.hf.tiny import sentencepiece_tokenizer
-
-    tokenizer = sentencepiece_tokenizer(workdir)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tokenizer.eos_token, tokenizer.pad_token = "</s>", "<unk>"
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=[[28, 28]]
-    )
-    return LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
-
-
 @pytest.fixture(scope="module")
 def tiny_vlms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """model_type -> directory of a tiny random model (the LLaVA-NeXT one with its processor and tokenizer)."""
     from transformers import AutoModelForImageTextToText
+
+    from scale_plugins.hf.tiny import tiny_llava_next, tiny_vlm_config
 
     root = tmp_path_factory.mktemp("tiny_vlms")
     dirs = {}
     for model_type in ("qwen2_5_vl", "llava_next", "gemma3"):
         path = root / model_type
         if model_type == "llava_next":
-            processor = tiny_llava_next_processor(root / "llava_tokenizer")
-            image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
-            config = tiny_vlm_config(model_type, vocab_size=-(-len(processor.tokenizer) // 64) * 64)
-            config.image_token_id = image_token
+            model, processor = tiny_llava_next(root / "llava_tokenizer")
             processor.save_pretrained(path)
         else:
-            config = tiny_vlm_config(model_type)
-        AutoModelForImageTextToText.from_config(config).save_pretrained(path)
+            model = AutoModelForImageTextToText.from_config(tiny_vlm_config(model_type))
+        model.save_pretrained(path)
         dirs[model_type] = path
     return dirs
 

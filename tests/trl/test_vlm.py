@@ -13,7 +13,7 @@ from trl import SFTConfig, SFTTrainer
 
 from scale_plugins.core import ScaleOptions, answer_weight
 from scale_plugins.data import synthetic_cot
-from scale_plugins.hf.tiny import tiny_llava, tiny_qwen2_5_vl
+from scale_plugins.hf.tiny import tiny_gemma3, tiny_llava, tiny_llava_next, tiny_qwen2_5_vl
 from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
 
 from . import helpers
@@ -45,14 +45,21 @@ needs_trl_1 = pytest.mark.skipif(
     reason="stock SFTTrainer of trl 0.x fails on Qwen2.5-VL batches (mm_token_type_ids shorter than input_ids)",
 )
 
-# (builder, steps, image tokens per image): Qwen2.5-VL's 151,936-token vocabulary makes its steps slower
-VLMS = {"llava": (tiny_llava, 5, 4), "qwen2_5_vl": pytest.param((tiny_qwen2_5_vl, 3, 4), marks=needs_trl_1)}
+# (builder(workdir), steps, image tokens per image): LLaVA and the paper's three architectures. Qwen2.5-VL's
+# 151,936-token vocabulary makes its steps slower.
+VLMS = {
+    "llava": (lambda _: tiny_llava(), 5, 4),
+    "qwen2_5_vl": pytest.param((lambda _: tiny_qwen2_5_vl(), 3, 4), marks=needs_trl_1),
+    "llava_next": (tiny_llava_next, 3, 10),
+    "gemma3": (tiny_gemma3, 3, 4),
+}
+PAPER_VLMS = ["qwen2_5_vl", "llava_next", "gemma3"]  # Qwen2.5-VL-3B, LLaVA-v1.6-Mistral-7B, Gemma-3-4B
 
 
 @pytest.mark.parametrize("vlm", list(VLMS.values()), ids=list(VLMS))
 def test_tiny_vlm_trains_with_scale(tmp_path, vlm):
     build, steps, image_tokens = vlm
-    model, processor = build()
+    model, processor = build(tmp_path / "tokenizer")
     trainer = ScaleSFTTrainer(
         model=model,
         args=helpers.config(ScaleSFTConfig, tmp_path, max_steps=steps, max_length=None),
@@ -61,7 +68,7 @@ def test_tiny_vlm_trains_with_scale(tmp_path, vlm):
     )
     batch = next(iter(trainer.get_train_dataloader()))
     assert "pixel_values" in batch
-    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    image_token = model.config.image_token_id
     assert ((batch["input_ids"] == image_token).sum(dim=1) == image_tokens).all()
     assert not (batch["labels"] == image_token).any()  # image tokens are never supervised
     trainer.train()
@@ -75,13 +82,14 @@ def test_tiny_vlm_trains_with_scale(tmp_path, vlm):
     assert rows[0]["scale/answer_tokens"] < rows[0]["scale/think_tokens"] / 3
 
 
-@needs_trl_1
-def test_qwen2_5_vl_equal_weights_match_stock(tmp_path):
-    """Equal weights + token normalization: the same loss and gradient as stock SFTTrainer on Qwen2.5-VL's batch
-    (pixel values, image grid, M-RoPE positions computed by the model), vision tower included."""
+@pytest.mark.parametrize("vlm", [VLMS[name] for name in PAPER_VLMS], ids=PAPER_VLMS)
+def test_paper_architectures_equal_weights_match_stock(tmp_path, vlm):
+    """Equal weights + token normalization: the same loss and gradient as stock SFTTrainer on the batches of each of
+    the paper's architectures (pixel values, image grids, M-RoPE / anyres / soft tokens), vision tower included."""
     from .test_trainer import EQUAL, assert_same_grads, one_step
 
-    model, processor = tiny_qwen2_5_vl()
+    build, _, _ = vlm
+    model, processor = build(tmp_path / "tokenizer")
     data = vlm_dataset(4)
     stock = SFTTrainer(
         model=copy.deepcopy(model),
@@ -98,5 +106,5 @@ def test_qwen2_5_vl_equal_weights_match_stock(tmp_path):
     )
     loss_b, grads_b = one_step(ours)
     assert math.isclose(loss_a, loss_b, rel_tol=1e-6, abs_tol=1e-6)
-    assert any(name.startswith("model.visual.") for name in grads_b)
+    assert any(".visual." in name or ".vision_tower." in name for name in grads_b)
     assert_same_grads(grads_a, grads_b)
