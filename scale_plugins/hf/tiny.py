@@ -602,7 +602,8 @@ def tiny_gemma3(workdir: str | Path, hidden_size: int = 32, seed: int = 0):
     """A tiny Gemma 3 (SigLIP + Gemma 3 text model, 4 soft tokens per image) and its processor.
 
     The tokenizer is :func:`sentencepiece_tokenizer` (saved in ``workdir``) reloaded with Gemma 3's named image tokens
-    (``<start_of_image>``, ``<image_soft_token>``, ``<end_of_image>``); images go through the PIL image processor.
+    (``<start_of_image>``, ``<image_soft_token>``, ``<end_of_image>``) and turn markers (``<start_of_turn>``,
+    ``<end_of_turn>``) as special tokens; images go through the PIL image processor.
     The processor's chat template is :data:`VLM_CHAT_TEMPLATE` with ``<start_of_image>`` as the image placeholder,
     which the processor expands to ``<start_of_image>`` + 4 x ``<image_soft_token>`` + ``<end_of_image>``.
     Returns ``(model, processor)``.
@@ -612,6 +613,7 @@ def tiny_gemma3(workdir: str | Path, hidden_size: int = 32, seed: int = 0):
 
     sentencepiece_tokenizer(workdir)
     tokenizer = AutoTokenizer.from_pretrained(str(workdir), extra_special_tokens=GEMMA3_IMAGE_TOKENS)
+    tokenizer.add_tokens(["<start_of_turn>", "<end_of_turn>"], special_tokens=True)  # Gemma's turn markers
     template = VLM_CHAT_TEMPLATE.replace("<image>", GEMMA3_IMAGE_TOKENS["boi_token"])
     processor = Gemma3Processor(
         image_processor=Gemma3ImageProcessorPil(size={"height": 28, "width": 28}),

@@ -101,20 +101,21 @@ def restore_environ():
 
 @pytest.fixture(scope="module")
 def tiny_vlms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """model_type -> directory of a tiny random model (the LLaVA-NeXT one with its processor and tokenizer)."""
+    """model_type -> directory of a tiny random model (LLaVA-NeXT and Gemma 3 with their processors and tokenizers)."""
     from transformers import AutoModelForImageTextToText
 
-    from scale_plugins.hf.tiny import tiny_llava_next, tiny_vlm_config
+    from scale_plugins.hf.tiny import tiny_gemma3, tiny_llava_next, tiny_vlm_config
 
     root = tmp_path_factory.mktemp("tiny_vlms")
     dirs = {}
     for model_type in ("qwen2_5_vl", "llava_next", "gemma3"):
         path = root / model_type
-        if model_type == "llava_next":
-            model, processor = tiny_llava_next(root / "llava_tokenizer")
-            processor.save_pretrained(path)
-        else:
+        if model_type == "qwen2_5_vl":  # its processor needs torchvision: the model alone
             model = AutoModelForImageTextToText.from_config(tiny_vlm_config(model_type))
+        else:
+            build = {"llava_next": tiny_llava_next, "gemma3": tiny_gemma3}[model_type]
+            model, processor = build(root / f"{model_type}_tokenizer")
+            processor.save_pretrained(path)
         model.save_pretrained(path)
         dirs[model_type] = path
     return dirs
@@ -390,10 +391,13 @@ def test_axolotl_role_boundaries_bug_without_the_plugin_hook(llava_cfg, red_squa
 
 
 @pytest.mark.slow
-def test_llava_recipe_trains_assistant_turns_only_with_axolotl_train(tiny_vlms, tmp_path):
-    """``axolotl train`` on the LLaVA recipe as written (ZeRO-3 and bf16 off for one CPU process): SCALe counts
-    exactly the tokens Axolotl trains (with no turn markers it would be every token, prompt included: then Axolotl's
-    count exceeds SCALe's by the first token of each sample, see test_coverage.py)."""
+@pytest.mark.parametrize(("stem", "model_type"), [(LLAVA, "llava_next"), ("gemma3_4b_scale_sft", "gemma3")])
+def test_recipe_trains_assistant_turns_only_with_axolotl_train(tiny_vlms, tmp_path, stem, model_type):
+    """``axolotl train`` on the LLaVA-NeXT and Gemma 3 recipes as written (DeepSpeed and bf16 off for one CPU
+    process), on tiny models with their processors: SCALe counts exactly the tokens Axolotl trains, the assistant
+    turns (with no turn markers it would be every token, prompt included: then Axolotl's count exceeds SCALe's by the
+    first token of each sample, see test_coverage.py). LLaVA-NeXT's markers come from the recipe's `role_boundaries`,
+    Gemma 3's are built into Axolotl."""
     from PIL import Image
 
     rows = []
@@ -419,10 +423,14 @@ def test_llava_recipe_trains_assistant_turns_only_with_axolotl_train(tiny_vlms, 
             }
         )
     data = write_jsonl(tmp_path / "cot.jsonl", rows)
-    config = loadable(read_recipe(recipe_path(LLAVA)), tiny_vlms["llava_next"], data, tmp_path)
+    config = loadable(read_recipe(recipe_path(stem)), tiny_vlms[model_type], data, tmp_path)
     output, history = train_two_cpu_steps(config, tmp_path, 2)
-    assert "SCALe: passing 2 role_boundaries entries on as plain dicts" in output
-    assert "role_boundaries_override=set" in output and "SCALe active: ScaleAxolotlTrainer" in output
+    assert "SCALe active: ScaleAxolotlTrainer" in output
+    if stem == LLAVA:
+        assert "SCALe: passing 2 role_boundaries entries on as plain dicts" in output
+        assert "role_boundaries_override=set" in output
+    else:
+        assert "role_boundaries_override=none" in output and "no built-in role boundaries" not in output
 
     logs = [entry for entry in history if "loss" in entry]
     assert [entry["step"] for entry in logs] == [1, 2]
