@@ -204,6 +204,27 @@ def test_llava_trains_with_scale(llava, patched, tmp_path):
     _assert_scale_ran(logs, 2)
 
 
+@pytest.mark.parametrize(("model_type", "template"), [("llava_next", "llava_next_mistral"), ("gemma3", "gemma3")])
+def test_paper_architectures_train_with_scale(llava, patched, tmp_path, model_type, template):
+    """LLaVA-NeXT (Mistral) and Gemma 3, tiny models with their processors, with the template their recipe uses
+    (recipes/llamafactory/): LLaMA-Factory's multimodal plugin expands the images, and SCALe trains. (Qwen2.5-VL's
+    processor needs torchvision, which has no CPU build here.)"""
+    from scale_plugins.hf import tiny
+
+    build = {"llava_next": tiny.tiny_llava_next, "gemma3": tiny.tiny_gemma3}[model_type]
+    model, processor = build(tmp_path / "tokenizer")
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    setup = TinySetup(tmp_path / "model", llava.dataset_dir)
+    config = train_config(
+        setup, tmp_path / "out", dataset="mm", template=template, per_device_train_batch_size=2, cutoff_len=256
+    )
+    logs = train_in_process(config)
+    _assert_scale_ran(logs, 2)
+    for entry in logs:  # only the response is supervised: the answer is the short `<answer>...</answer>` + stop token
+        assert entry["scale/answer_tokens"] < entry["scale/think_tokens"] / 3
+
+
 # ---------------------------------------------------------------- 4. DeepSpeed ZeRO-3, with and without CPU offload
 
 
