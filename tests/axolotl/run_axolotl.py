@@ -79,6 +79,13 @@ def main(spec_path: str, out_path: str, *flags: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # all ranks done, then tear the process group down explicitly: exiting with it alive can abort a rank in its
+        # destructor ("terminate called without an active exception", SIGABRT)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

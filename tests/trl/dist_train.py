@@ -65,7 +65,10 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(results, f)
     if torch.distributed.is_initialized():
+        # every rank is done before any exits; then tear gloo down explicitly: exiting with the process group alive
+        # can abort a rank in its destructor ("terminate called without an active exception", SIGABRT)
         torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
