@@ -6,6 +6,7 @@ Imports torch (and numpy) only.
 from .loss import (
     LossComponents,
     components,
+    prediction_stats,
     scale_loss_from_ce,
     scale_loss_from_log_probs,
     scale_loss_from_logits,
@@ -33,6 +34,7 @@ __all__ = [
     "components",
     "local_counts",
     "option_fields",
+    "prediction_stats",
     "progress",
     "sample_ids_from",
     "scale_loss_from_ce",

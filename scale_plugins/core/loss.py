@@ -129,6 +129,34 @@ def scale_loss_from_logits(
     return loss, ce.view(targets.shape)
 
 
+@torch.no_grad()
+def prediction_stats(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Over the supervised positions of logits [B, T, V] and aligned targets [B, T]: ``(count, entropy_sum,
+    top1_correct)`` of the predicted distributions, in row chunks of about 16M values (``chunk_rows`` overrides;
+    float32 per chunk only, nothing kept).
+
+    The metrics TRL logs (``entropy``, ``mean_token_accuracy``) are ``entropy_sum / count`` and
+    ``top1_correct / count``; computing them on ``logits[mask]`` at once would copy every supervised row, a few
+    times over.
+    """
+    vocab = logits.shape[-1]
+    flat_logits = logits.detach().reshape(-1, vocab)
+    flat_targets = targets.reshape(-1).to(logits.device)
+    rows = (flat_targets != ignore_index).nonzero().squeeze(1)
+    chunk_rows = chunk_rows or max(1, 2**24 // vocab)
+    entropy = torch.zeros((), dtype=torch.float32, device=logits.device)
+    correct = torch.zeros((), dtype=torch.long, device=logits.device)
+    for start in range(0, rows.numel(), chunk_rows):
+        index = rows[start : start + chunk_rows]
+        x = flat_logits.index_select(0, index).float()
+        log_p = x.log_softmax(-1)
+        entropy -= (log_p.exp() * log_p).sum()
+        correct += (x.argmax(-1) == flat_targets.index_select(0, index)).sum()
+    return torch.tensor(rows.numel(), device=logits.device), entropy, correct
+
+
 def shift_targets(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """``labels[:, 1:]`` padded with one ignored column: the token each position predicts."""
     return torch.cat([labels[..., 1:], torch.full_like(labels[..., :1], ignore_index)], dim=-1)

@@ -7,7 +7,14 @@ from typing import Any
 import torch
 from trl import SFTTrainer
 
-from ..core import ScaleConfigError, SegmentBatch, TokenWeights, scale_loss_from_log_probs, shift_targets
+from ..core import (
+    ScaleConfigError,
+    SegmentBatch,
+    TokenWeights,
+    prediction_stats,
+    scale_loss_from_log_probs,
+    shift_targets,
+)
 from ..hf import ScaleTrainerMixin
 from .config import ScaleSFTConfig
 
@@ -36,17 +43,10 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
         if not self._scale_fused_head:
             labels = inputs["labels"]
             loss, ce, outputs = super().scale_per_token_loss(model, inputs, segments, weights)
-            with torch.no_grad():  # TRL's metrics from the logits, as TRL versions without the fused head do
-                targets = shift_targets(labels, self.scale_options.ignore_index)
-                mask = targets != self.scale_options.ignore_index
-                logits = outputs.logits[mask]
-                entropy = (
-                    (torch.logsumexp(logits, -1) - (logits.softmax(-1) * logits).sum(-1)).sum()
-                    if logits.numel()
-                    else None
-                )
-                correct = (logits.argmax(-1) == targets[mask]).sum()
-            self._record_trl_metrics(inputs, mask.sum(), entropy, correct)
+            # TRL's metrics from the logits, as TRL versions without the fused head do, in row chunks
+            targets = shift_targets(labels, self.scale_options.ignore_index)
+            count, entropy, correct = prediction_stats(outputs.logits, targets, self.scale_options.ignore_index)
+            self._record_trl_metrics(inputs, count, entropy, correct)
             return loss, ce, outputs
         outputs = model(**inputs, fused_lm_head=True)
         log_probs = outputs.log_probs  # aligned with labels[:, 1:] (or with shift_labels, same length)

@@ -198,3 +198,24 @@ def test_no_float32_copy_of_bf16_logits_is_kept():
     assert g.dtype == torch.bfloat16
     ref = stock_loss(logits.float(), labels)
     assert torch.allclose(loss.float(), ref, atol=2e-2)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 2048])
+def test_prediction_stats_match_the_whole_tensor_computation(chunk_rows):
+    from scale_plugins.core import prediction_stats
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 7, 11, generator=g) * 3
+    targets = torch.randint(0, 11, (3, 7), generator=g)
+    targets[0, :4] = -100
+    targets[2] = -100
+    mask = targets != -100
+    x = logits[mask]
+    p = x.softmax(-1)
+    entropy = -(p * p.log()).sum()
+    correct = (x.argmax(-1) == targets[mask]).sum()
+    count, got_entropy, got_correct = prediction_stats(logits, targets, chunk_rows=chunk_rows)
+    assert int(count) == int(mask.sum()) == 10
+    assert torch.allclose(got_entropy, entropy, atol=1e-5)
+    assert int(got_correct) == int(correct)
+    assert [int(v) for v in prediction_stats(logits, torch.full_like(targets, -100))] == [0, 0, 0]

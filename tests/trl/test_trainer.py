@@ -59,6 +59,9 @@ def test_equal_weights_token_normalization_match_stock(tmp_path, tokenizer, kind
     loss_b, grads_b = one_step(ours)
     assert math.isclose(loss_a, loss_b, rel_tol=1e-6, abs_tol=1e-6)
     assert_same_grads(grads_a, grads_b)
+    # TRL's own metrics come out the same (TRL >= 1.x: its fused head; older: SCALe computes them from the logits)
+    for metric in ("entropy", "mean_token_accuracy", "num_tokens"):
+        assert ours._metrics["train"][metric] == pytest.approx(stock._metrics["train"][metric], rel=1e-5), metric
 
 
 @pytest.mark.parametrize("normalization", ["sample", "token"])
