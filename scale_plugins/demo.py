@@ -59,7 +59,7 @@ def run_demo(
     import transformers
 
     from .data import load_bundled
-    from .hf.tiny import bpe_tokenizer, tiny_causal_lm
+    from .hf.tiny import bpe_tokenizer, cpu_training_args, tiny_causal_lm
     from .trl import ScaleSFTConfig, ScaleSFTTrainer
 
     options = options or ScaleOptions()
@@ -73,7 +73,6 @@ def run_demo(
     model = tiny_causal_lm(tokenizer, hidden_size=hidden_size, num_layers=2, seed=seed)
     dataset = datasets.Dataset.from_list([{"messages": s["messages"]} for s in load_bundled()])
     config = ScaleSFTConfig(
-        output_dir=str(out),
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
@@ -82,13 +81,7 @@ def run_demo(
         logging_steps=max(1, max_steps // 12),
         max_length=256,
         assistant_only_loss=True,  # supervise the assistant turn only, as CoT SFT does
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        dataloader_num_workers=0,
+        **cpu_training_args(out, seed),
         **options.to_dict(prefix="scale_"),
     )
     print(

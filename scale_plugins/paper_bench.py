@@ -279,21 +279,6 @@ def evaluate(
 # -- training -------------------------------------------------------------------------------------------------
 
 
-def _common_train_args(out: Path, seed: int) -> dict[str, Any]:
-    return dict(
-        output_dir=str(out),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-
-
 def train_sft(
     kind: str, size: Size, seed: int, train: list[dict[str, Any]], out: Path, scale_set: dict[str, Any]
 ) -> tuple[Any, float, list[dict]]:
@@ -301,7 +286,7 @@ def train_sft(
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from .hf.tiny import bpe_tokenizer, tiny_causal_lm
+    from .hf.tiny import bpe_tokenizer, cpu_training_args, tiny_causal_lm
     from .trl import ScaleSFTConfig, ScaleSFTTrainer
 
     tokenizer = bpe_tokenizer()
@@ -317,7 +302,8 @@ def train_sft(
         logging_steps=max(1, size.sft_steps // 30),
         max_length=256,
         assistant_only_loss=True,
-        **_common_train_args(out, seed),
+        **cpu_training_args(out, seed),
+        disable_tqdm=True,
     )
     if kind == "scale_sft":
         config = ScaleSFTConfig(**common, **{f"scale_{k}": v for k, v in scale_set.items()})
@@ -346,7 +332,7 @@ def train_grpo(
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from .hf.tiny import bpe_tokenizer
+    from .hf.tiny import bpe_tokenizer, cpu_training_args
     from .rewards import accuracy_reward, format_reward
 
     tokenizer = copy.deepcopy(bpe_tokenizer())
@@ -364,7 +350,8 @@ def train_grpo(
         use_vllm=False,
         logging_steps=1,
         log_completions=False,
-        **_common_train_args(out, seed),
+        **cpu_training_args(out, seed),
+        disable_tqdm=True,
     )
     trainer = GRPOTrainer(
         model=model,

@@ -317,6 +317,22 @@ def sentencepiece_tokenizer(workdir: str | Path, vocab_size: int = 1000, seed: i
     return tokenizer
 
 
+def cpu_training_args(output_dir: str | Path, seed: int) -> dict[str, Any]:
+    """``TrainingArguments`` keywords of an offline CPU run (demo, bench-paper): float32, no checkpointing, nothing
+    saved or reported, seeded, data loaded in the main process."""
+    return dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+    )
+
+
 def tiny_causal_lm(
     tokenizer: PreTrainedTokenizerBase, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
 ) -> Qwen2ForCausalLM:

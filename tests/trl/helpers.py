@@ -17,6 +17,13 @@ def model(tokenizer, seed: int = 0):
     return copy.deepcopy(_MODEL_CACHE[seed])
 
 
+def save_model(path, tokenizer):
+    """The tiny model and its tokenizer saved to ``path``, as a local checkpoint for the command-line entries."""
+    model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def dataset(n: int = 16, seed: int = 0, kind: str = "prompt-completion", think: bool = True) -> datasets.Dataset:
     rows = []
     for s in synthetic_cot(n, seed=seed):

@@ -34,9 +34,7 @@ def test_recipe_parses_with_trlparser(recipe):
 
 @pytest.mark.slow
 def test_trl_sft_entry_trains_with_a_recipe(tmp_path, tokenizer):
-    model_dir = tmp_path / "model"
-    helpers.model(tokenizer).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = helpers.save_model(tmp_path / "model", tokenizer)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     helpers.dataset(16).to_json(data_dir / "train.jsonl")

@@ -40,9 +40,7 @@ def test_recipe_parses():
 
 @pytest.mark.slow
 def test_grpo_recipe_two_steps_on_cpu(tmp_path, tokenizer):
-    model_dir = tmp_path / "sft"
-    helpers.model(tokenizer).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = helpers.save_model(tmp_path / "sft", tokenizer)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     rows = [{"prompt": [s["messages"][0]], "solution": s["solution"]} for s in synthetic_cot(16, seed=5)]
