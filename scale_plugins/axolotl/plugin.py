@@ -27,20 +27,11 @@ def plain_role_boundaries(cfg: Any) -> int:
     when the multimodal collator is built. A plain dict takes its ``dict(spec)`` branch, with the same keys and
     values. Entries that are already plain dicts or pydantic models are left alone.
     """
-    entries = cfg.get("role_boundaries")
-    if not entries:
-        return 0
-    converted = 0
-    plain = []
-    for entry in entries:
-        if isinstance(entry, dict) and type(entry) is not dict:
-            plain.append({str(key): value for key, value in entry.items()})
-            converted += 1
-        else:
-            plain.append(entry)
-    if converted:
-        cfg["role_boundaries"] = plain
-    return converted
+    entries = cfg.get("role_boundaries") or []
+    wrapped = [isinstance(entry, dict) and type(entry) is not dict for entry in entries]
+    if any(wrapped):
+        cfg["role_boundaries"] = [dict(e) if w else e for e, w in zip(entries, wrapped)]
+    return sum(wrapped)
 
 
 class ScalePlugin(BasePlugin):
