@@ -3,6 +3,7 @@
 Imports torch (and numpy) only.
 """
 
+from .fused import FusedLinearCE, fused_linear_weighted_ce
 from .loss import (
     LossComponents,
     components,
@@ -22,6 +23,7 @@ __all__ = [
     "IGNORED",
     "THINK",
     "ExtraSegment",
+    "FusedLinearCE",
     "LossComponents",
     "ScaleConfigError",
     "ScaleOptions",
@@ -32,6 +34,7 @@ __all__ = [
     "TokenWeights",
     "answer_weight",
     "components",
+    "fused_linear_weighted_ce",
     "local_counts",
     "option_fields",
     "prediction_stats",
