@@ -8,7 +8,8 @@ into its config schema when the plugin is listed under ``plugins:``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
@@ -18,6 +19,7 @@ from ..core import ScaleOptions, option_fields
 PREFIX = "scale_"
 PLUGIN_PATH = "scale_plugins.axolotl.ScalePlugin"
 OPTION_KEYS = tuple(PREFIX + opt.name for opt in option_fields())
+_OPTION_NAMES = tuple(opt.name for opt in option_fields())
 _NUMERIC_KEYS = tuple(PREFIX + opt.name for opt in option_fields() if opt.type in (int, float))
 
 # Config keys that replace or bypass the loss SCALe computes: with `loss: scale` each would either be
@@ -45,6 +47,33 @@ CONFLICTING_KEYS: dict[str, str] = {
 }
 
 
+# Parallelism that splits one sample over several ranks, or gives several ranks the same sample: SCALe's counts are
+# summed over every rank of the torch.distributed group, so with any of these the loss would be wrong.
+PARALLELISM_KEYS: dict[str, str] = {
+    "context_parallel_size": "context parallelism splits each sample's tokens over several ranks, so SCALe's "
+    "`sample` normalization would count one sample once per rank (as several samples, each with part of its "
+    "segments), and its segment counts, summed over the whole torch.distributed group, would mix the shards of a "
+    "sample with the samples of the other data-parallel ranks: the loss would not be SCALe's. "
+    "Set `context_parallel_size: 1` (data parallelism, DeepSpeed ZeRO and sample packing work with SCALe).",
+    "sequence_parallel_degree": "`sequence_parallel_degree` is Axolotl's older name of `context_parallel_size`: "
+    "context parallelism splits each sample over several ranks, which SCALe's per-sample counts do not support. "
+    "Set it to 1.",
+    "tensor_parallel_size": "tensor-parallel ranks all see the same samples, and SCALe sums its segment counts over "
+    "the whole torch.distributed group, so every sample would be counted once per tensor-parallel rank and the "
+    "loss scaled wrongly. Set `tensor_parallel_size: 1` (DeepSpeed ZeRO-3 shards the model instead).",
+}
+
+
+def _parallel_size(value: Any) -> int:
+    """The size a parallelism key asks for (1 when unset or unreadable: Axolotl's own validation reports those)."""
+    if isinstance(value, bool):
+        return 1
+    try:
+        return int(value) if value is not None else 1
+    except (TypeError, ValueError):
+        return 1
+
+
 def _is_cce_plugin(name: Any) -> bool:
     return isinstance(name, str) and "cut_cross_entropy" in name
 
@@ -52,12 +81,61 @@ def _is_cce_plugin(name: Any) -> bool:
 def _conflicts(data: Mapping[str, Any]) -> list[str]:
     """Messages for every key of ``data`` that must not be combined with ``loss: scale``."""
     found = [f"{key}: {why}" for key, why in CONFLICTING_KEYS.items() if data.get(key)]
+    found += [
+        f"{key}: {data[key]!r}: {why}" for key, why in PARALLELISM_KEYS.items() if _parallel_size(data.get(key)) > 1
+    ]
     # Listing the CCE plugin turns it on: its own `cut_cross_entropy` key defaults to true.
     if any(_is_cce_plugin(p) for p in data.get("plugins") or ()) and data.get("cut_cross_entropy") is None:
         found.append(
             f"plugins: the CutCrossEntropyPlugin is listed (it enables itself). {CONFLICTING_KEYS['cut_cross_entropy']}"
         )
     return found
+
+
+def _normalized(key: str) -> str:
+    return key.strip().lower().replace("-", "_")
+
+
+def _misspells_an_option(key: str) -> bool:
+    """``key`` is meant as a ``scale_*`` key: it starts with ``scale_`` in any case or with ``-``, or it is a
+    near-miss of the prefix (``scal_``, ``scale``, ``sclae_``) followed by an option name, exact or nearly so
+    (``scal_schedule``, ``scaleschedule``). Unrelated keys that merely end like an option (``lr_schedule``)
+    are not: the part before the option name must itself look like ``scale_``."""
+    norm = _normalized(key)
+    if norm.startswith(PREFIX):
+        return True
+    for cut in range(3, len(norm)):
+        head, tail = norm[:cut], norm[cut:]
+        if difflib.SequenceMatcher(None, head, PREFIX).ratio() < 0.8:
+            continue
+        if difflib.get_close_matches(tail, _OPTION_NAMES, n=1, cutoff=0.85):
+            return True
+    return False
+
+
+def unknown_scale_keys(data: Mapping[str, Any], known: Iterable[str]) -> list[str]:
+    """Keys of a raw config that are meant as SCALe options (:func:`_misspells_an_option`) but are not one, and that
+    are not a field of the schema either (``known``: e.g. Axolotl's own ``scale_rewards`` stays allowed)."""
+    known = set(known) | set(OPTION_KEYS)
+    return [
+        key
+        for key in data
+        if isinstance(key, str) and key not in known and data[key] is not None and _misspells_an_option(key)
+    ]
+
+
+def unknown_key_message(key: str) -> str:
+    """``<key>: not a SCALe option; did you mean `<closest>`?`` (difflib), or the list of the options."""
+    norm = _normalized(key)
+    guess = difflib.get_close_matches(norm, OPTION_KEYS, n=1, cutoff=0.6)
+    if not guess:  # a misspelled prefix: match the part after it
+        tail = norm.split("_", 1)[-1] if "_" in norm else norm
+        guess = [PREFIX + m for m in difflib.get_close_matches(tail, _OPTION_NAMES, n=1, cutoff=0.6)]
+    hint = f"did you mean `{guess[0]}`?" if guess else f"the SCALe options are: {', '.join(OPTION_KEYS)}."
+    return (
+        f"{key}: not a SCALe option; {hint} Axolotl would drop this key and train with the default instead, "
+        "so training stops here."
+    )
 
 
 def _option_field(opt: Any) -> tuple[Any, Any]:
@@ -103,6 +181,9 @@ class _ScaleArgsBase(BaseModel):
     def _check_scale_keys(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
+        unknown = unknown_scale_keys(data, cls.model_fields)
+        if unknown:
+            raise ValueError("\n".join(unknown_key_message(key) for key in unknown))
         set_keys = [key for key in OPTION_KEYS if data.get(key) is not None]
         if data.get("loss") != "scale":
             if set_keys:

@@ -37,6 +37,7 @@ def plain_role_boundaries(cfg: Any) -> int:
 class ScalePlugin(BasePlugin):
     """SCALe for Axolotl: list it under ``plugins:`` and set ``loss: scale``.
 
+    - ``register``: warns when the plugin is listed without ``loss: scale`` (SCALe is then off);
     - ``get_input_args``: adds ``loss`` and the ``scale_*`` keys (:mod:`.args`) to the config schema;
     - ``pre_model_load``: passes ``role_boundaries`` on as plain dicts (:func:`plain_role_boundaries`), so the
       turn markers a multimodal recipe declares work in Axolotl 0.19.0;
@@ -48,6 +49,15 @@ class ScalePlugin(BasePlugin):
     The trainer module is imported only when needed: importing it imports Axolotl's training arguments,
     which Axolotl assembles from the training-args mixins of the plugins registered *at that moment*.
     """
+
+    def register(self, cfg: Any) -> None:
+        # Called once per config by Axolotl's `prepare_plugins`, with the raw config, before validation.
+        if cfg.get("loss") is None:
+            LOG.warning(
+                "SCALe is off: %s is listed under `plugins:` but the config has no `loss: scale`, so this run trains "
+                "Axolotl's stock loss. To train with SCALe, add `loss: scale` to the config.",
+                PLUGIN_PATH,
+            )
 
     def get_input_args(self) -> str:
         return "scale_plugins.axolotl.args.ScaleArgs"

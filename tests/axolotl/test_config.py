@@ -11,7 +11,7 @@ import dataclasses
 import importlib.metadata
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -90,6 +90,7 @@ NON_DEFAULT = {
     "step_at": 0.25,
     "normalization": "token",
     "extra_segments": [{"name": "perception", "open": "<perception>", "close": "</perception>", "weight": 0.3}],
+    "empty_think": "think",
     "on_missing_think": "error",
     "ignore_index": -1,
 }
@@ -122,6 +123,7 @@ def test_good_config_loads_and_builds_the_scale_trainer_with_its_options(tiny_mo
         step_at=0.25,
         normalization="token",
         extra_segments=(ExtraSegment("perception", "<perception>", "</perception>", 0.3, 0.3),),
+        empty_think="think",
         on_missing_think="error",
         ignore_index=-1,
     )
@@ -235,6 +237,7 @@ BAD_VALUES: dict[str, list[Any]] = {
         [{"name": "p", "open": "<p>", "close": "</p>", "weight": -1}],
         "p:<p>:</p>",
     ],
+    "empty_think": ["keep", "Think", True, 1],
     "on_missing_think": ["raise", True],
     "ignore_index": [1.5, True, "x"],
 }
@@ -395,9 +398,194 @@ def test_axolotl_cli_does_not_load_cli_command_entry_points_for_train(monkeypatc
     assert cli_plugins.ENTRY_POINT_GROUP == "axolotl.cli_commands"
 
 
-def test_options_dataclass_fields_match_option_fields():
-    """The adapter relies on option_fields() listing every ScaleOptions field (the one definition)."""
-    assert [f.name for f in dataclasses.fields(ScaleOptions)] == [opt.name for opt in option_fields()]
+# -- the args model against the core's option list ---------------------------------------------------------
+
+# Written out by hand, on purpose: a change to the core's options must show up here (and in docs/axolotl.md).
+# key: (annotation without `| None`, default, choices)
+EXPECTED_ARGS: dict[str, tuple[Any, Any, list[str] | None]] = {
+    "scale_think_open": (str, "<think>", None),
+    "scale_think_close": (str, "</think>", None),
+    "scale_schedule": (str, "cosine", ["cosine", "linear", "constant", "step"]),
+    "scale_answer_weight_start": (float, 0.1, None),
+    "scale_answer_weight_end": (float, 0.9, None),
+    "scale_step_at": (float, 0.5, None),
+    "scale_normalization": (str, "sample", ["sample", "token"]),
+    "scale_extra_segments": (list[dict[str, Any] | str], [], None),
+    "scale_empty_think": (str, "ignore", ["ignore", "think"]),
+    "scale_on_missing_think": (str, "warn", ["warn", "error", "ignore"]),
+    "scale_ignore_index": (int, -100, None),
+}
+
+
+def test_args_model_fields_are_the_expected_options():
+    """Names (in order), annotations, defaults and choices of the keys Axolotl's schema gets from the plugin."""
+    from scale_plugins.axolotl.args import ScaleArgs
+
+    fields = dict(ScaleArgs.model_fields)
+    assert fields.pop("loss").annotation == Literal["scale"] | None
+    assert list(fields) == list(EXPECTED_ARGS)
+    for key, (annotation, default, choices) in EXPECTED_ARGS.items():
+        field = fields[key]
+        assert field.annotation == annotation | None, key
+        assert field.default is None, key  # unset keys stay out of the validated config; the core applies defaults
+        assert field.json_schema_extra["scale_default"] == default, key
+        assert field.json_schema_extra.get("choices") == choices, key
+
+
+def test_args_model_matches_the_core_dataclass_attribute_by_attribute():
+    """Each ScaleOptions field against its Axolotl key, read from the dataclass itself (not from option_fields)."""
+    from scale_plugins.axolotl.args import ScaleArgs
+
+    types = {"str": str, "float": float, "int": int}
+    core = dataclasses.fields(ScaleOptions)
+    assert [key for key in ScaleArgs.model_fields if key != "loss"] == [f"scale_{f.name}" for f in core]
+    for f in core:
+        field = ScaleArgs.model_fields[f"scale_{f.name}"]
+        if f.name != "extra_segments":
+            assert field.annotation == types[str(f.type)] | None, f.name
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        assert field.json_schema_extra["scale_default"] == default, f.name
+        choices = f.metadata.get("choices")
+        assert field.json_schema_extra.get("choices") == (list(choices) if choices else None), f.name
+        assert f.metadata["help"] in field.description, f.name
+
+
+CHOICES = [(f.name, choice) for f in dataclasses.fields(ScaleOptions) for choice in f.metadata.get("choices") or ()]
+
+
+@pytest.mark.parametrize(("name", "choice"), CHOICES)
+def test_every_choice_validates_in_axolotl_and_reaches_the_options(name, choice):
+    from scale_plugins.axolotl.args import scale_options_from_cfg
+
+    cfg = validate(minimal(**scale_keys(**{name: choice})))
+    assert cfg[f"scale_{name}"] == choice
+    assert getattr(scale_options_from_cfg(cfg), name) == choice
+
+
+def test_empty_think_defaults_to_ignore_through_axolotl():
+    from scale_plugins.axolotl.args import scale_options_from_cfg
+
+    cfg = validate(minimal(**scale_keys()))
+    assert "scale_empty_think" not in cfg  # unset: the core's default applies
+    assert scale_options_from_cfg(cfg).empty_think == "ignore"
+
+
+# -- misspelled keys -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "meant"),
+    [
+        ("scale_schedul", "linear", "scale_schedule"),
+        ("scale_answer_weight_ennd", 0.9, "scale_answer_weight_end"),
+        ("scale_answer_weight", 0.9, "scale_answer_weight_end"),
+        ("scale_normalisation", "token", "scale_normalization"),
+        ("scale_emptythink", "think", "scale_empty_think"),
+        ("Scale_Schedule", "linear", "scale_schedule"),
+        ("scale-schedule", "linear", "scale_schedule"),
+        # near-misses of the prefix
+        ("scal_schedule", "linear", "scale_schedule"),
+        ("scale_on_missing_thinks", "error", "scale_on_missing_think"),
+        ("sclae_answer_weight_end", 0.9, "scale_answer_weight_end"),
+        ("scaleschedule", "linear", "scale_schedule"),
+        ("scale__normalization", "token", "scale_normalization"),
+    ],
+)
+def test_misspelled_scale_key_is_rejected_naming_it_and_the_closest_option(key, value, meant):
+    with pytest.raises(Exception) as info:
+        validate(minimal(**scale_keys(), **{key: value}))
+    assert rejected_keys(info.value)[-1] == key
+    assert f"did you mean `{meant}`?" in str(info.value)
+
+
+def test_misspelled_scale_key_is_rejected_through_load_cfg(tiny_model_dir, data_file, tmp_path):
+    """The entry point of `axolotl train` (and of the tests' runs): the whole config, both misspellings named."""
+    from axolotl.cli.config import load_cfg
+    from axolotl.utils.dict import DictDefault
+
+    keys = {**scale_keys(), "scale_schedul": "linear", "scale_answer_weight_ennd": 0.9}
+    with pytest.raises(Exception) as info:
+        load_cfg(DictDefault(axolotl_config(tiny_model_dir, data_file, tmp_path, **keys)))
+    message = str(info.value)
+    assert "scale_schedul: not a SCALe option; did you mean `scale_schedule`?" in message
+    assert "scale_answer_weight_ennd: not a SCALe option; did you mean `scale_answer_weight_end`?" in message
+
+
+def test_misspelled_scale_key_is_rejected_without_loss_scale_too():
+    with pytest.raises(Exception, match="scale_schedul: not a SCALe option; did you mean `scale_schedule`"):
+        validate(minimal(plugins=[PLUGIN], scale_schedul="linear"))
+
+
+def test_unrelated_keys_are_not_taken_for_scale_keys():
+    """Axolotl's own fields (`scale_rewards` of its GRPO config lives under `trl:`), and unknown keys that only end
+    like an option, are left to Axolotl."""
+    from scale_plugins.axolotl.args import unknown_scale_keys
+
+    config = {"lr_schedule": "x", "schedule": "x", "normalization": "x", "step_at": 1, "scaler": 1, "scale": 2}
+    assert unknown_scale_keys(config, known=()) == []
+    assert unknown_scale_keys({"scale_rewards": True}, known={"scale_rewards"}) == []
+    assert unknown_scale_keys({"scale_rewards": True}, known=()) == ["scale_rewards"]
+    cfg = validate(minimal(**scale_keys(), lr_schedule="cosine"))  # unknown to Axolotl: dropped by it, not by us
+    assert cfg.loss == "scale" and "lr_schedule" not in cfg
+
+
+# -- the plugin listed without `loss: scale` ------------------------------------------------------------
+
+
+@pytest.fixture
+def scale_log(caplog: pytest.LogCaptureFixture):
+    """caplog for our logger (Axolotl's logging config stops `axolotl.*` records from reaching the root logger)."""
+    import logging
+
+    logger = logging.getLogger("axolotl.scale_plugins")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="axolotl.scale_plugins")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def scale_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Our warnings, once each (a record can reach caplog's handler twice: directly and through the root logger)."""
+    import logging
+
+    records = {id(r): r for r in caplog.records if r.name == "axolotl.scale_plugins" and r.levelno >= logging.WARNING}
+    return [r.getMessage() for r in records.values()]
+
+
+def test_plugin_without_loss_scale_warns_that_scale_is_off(scale_log):
+    cfg = validate(minimal(plugins=[PLUGIN]))
+    assert cfg.get("loss") is None
+    [warning] = scale_warnings(scale_log)
+    assert "SCALe is off" in warning and "add `loss: scale`" in warning
+
+
+def test_plugin_with_loss_scale_does_not_warn(scale_log):
+    validate(minimal(**scale_keys()))
+    assert scale_warnings(scale_log) == []
+
+
+# -- parallelism that splits or repeats samples ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("context_parallel_size", "once per rank"),
+        ("sequence_parallel_degree", "older name of `context_parallel_size`"),
+        ("tensor_parallel_size", "once per tensor-parallel rank"),
+    ],
+)
+def test_context_and_tensor_parallelism_are_refused(key, why):
+    with pytest.raises(Exception) as info:
+        validate(minimal(**scale_keys(), **{key: 2}))
+    message = str(info.value)
+    assert "cannot be combined" in message and f"{key}: 2: " in message and why in message
+
+
+@pytest.mark.parametrize("key", ["context_parallel_size", "sequence_parallel_degree", "tensor_parallel_size"])
+def test_parallel_size_one_is_fine(key):
+    cfg = validate(minimal(**scale_keys(), **{key: 1}))
+    assert cfg.loss == "scale"
 
 
 def test_docs_list_every_option():
