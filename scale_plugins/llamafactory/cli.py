@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from ..core import ScaleConfigError
+from ..core import ScaleConfigError, option_fields
 
 PROG = "scale-llamafactory"
 
@@ -24,9 +24,21 @@ Usage (the same commands and arguments as llamafactory-cli):
   {PROG} chat | export | api | webchat ...   as llamafactory-cli (SCALe keys in the YAML are accepted)
   {PROG} env | version                       as llamafactory-cli
 Multi-GPU / DeepSpeed: FORCE_TORCHRUN=1 {PROG} train config.yaml (every torchrun worker gets SCALe).
-SCALe keys: use_scale_loss, scale_think_open, scale_think_close, scale_schedule, scale_answer_weight_start,
-  scale_answer_weight_end, scale_step_at, scale_normalization, scale_extra_segments, scale_on_missing_think.
+SCALe keys: {{keys}}.
 Docs: docs/llamafactory.md"""
+
+
+def _usage() -> str:
+    # the keys from the core's one definition (no LLaMA-Factory import: `help` stays fast)
+    keys = ["use_scale_loss"] + [f"scale_{opt.name}" for opt in option_fields() if opt.name != "ignore_index"]
+    lines, line = [], ""
+    for key in keys:
+        if line and len(line) + len(key) > 100:
+            lines.append(line.rstrip())
+            line = "  "
+        line += key + ", "
+    return USAGE.replace("{keys}", "\n".join(lines + [line.rstrip(", ")]))
+
 
 _NO_PATCH_COMMANDS = ("env", "version")
 
@@ -40,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else "help"
     if command in ("help", "-h", "--help"):
-        print(USAGE)
+        print(_usage())
         return 0
     if os.getenv("USE_V1", "0").lower() in ("true", "y", "1"):
         return _error("USE_V1=1 selects LLaMA-Factory's v1 engine, which SCALe does not patch; unset USE_V1.")

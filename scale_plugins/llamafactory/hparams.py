@@ -14,8 +14,9 @@ without the patch: ``use_scale_loss: true`` can never silently train plain cross
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llamafactory.extras.constants import IGNORE_INDEX
@@ -154,6 +155,35 @@ ScaleFinetuningArguments.__doc__ = (
 )
 
 
+def _config_keys(args: dict[str, Any] | list[str]) -> list[str]:
+    """The keys of a config as LLaMA-Factory's ``read_args`` returns it: a dict, or ``--key value`` arguments."""
+    if isinstance(args, Mapping):
+        return [str(key) for key in args]
+    return [arg[2:].split("=", 1)[0] for arg in args if isinstance(arg, str) and arg.startswith("--")]
+
+
+def check_scale_keys(keys: Iterable[str], known: Iterable[str] = ()) -> None:
+    """Reject misspelled SCALe keys (``scale_*`` / ``use_scale*`` that no argument class has) in one line each,
+    naming the closest valid key. ``known``: other field names that may start with ``scale_`` (LLaMA-Factory's)."""
+    ours = [SWITCH, *OPTION_KEYS]
+    valid = set(ours) | set(known)
+    problems = []
+    for key in keys:
+        if (key.startswith(PREFIX) or key.startswith("use_scale")) and key not in valid:
+            close = difflib.get_close_matches(key, ours, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"the SCALe keys are {', '.join(ours)}"
+            problems.append(f"{key}: unknown SCALe key; {hint}")
+    if problems:
+        raise ScaleConfigError("; ".join(problems))
+
+
+def _parser_fields() -> set[str]:
+    """Every key LLaMA-Factory's training parser accepts."""
+    from llamafactory.hparams import parser
+
+    return {field.name for cls in parser._TRAIN_ARGS for field in dataclasses.fields(cls)}
+
+
 def preflight(args: dict[str, Any] | list[str] | None = None) -> Any:
     """Parse and validate the model and finetuning arguments of a training config (fast: no model, no data).
 
@@ -163,9 +193,11 @@ def preflight(args: dict[str, Any] | list[str] | None = None) -> Any:
     :class:`ScaleFinetuningArguments`.
     """
     from llamafactory.hparams.model_args import ModelArguments
-    from llamafactory.hparams.parser import _parse_args
+    from llamafactory.hparams.parser import _parse_args, read_args
     from transformers import HfArgumentParser
 
+    args = read_args(args)
+    check_scale_keys(_config_keys(args), _parser_fields())
     parser = HfArgumentParser((ModelArguments, ScaleFinetuningArguments))
     model_args, finetuning_args = _parse_args(parser, args, allow_extra_keys=True)
     check_train_args(model_args, None, finetuning_args)

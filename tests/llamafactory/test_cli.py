@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scale_plugins.core import ScaleOptions, answer_weight
+from scale_plugins.core import ScaleOptions, answer_weight, option_fields
 
 from .helpers import run_cli, step_logs, train_config, train_in_process, write_yaml
 
@@ -90,7 +90,29 @@ def test_bad_value_is_reported_naming_the_key(tiny, tmp_path):
     assert "distributed tasks" not in result.stdout + result.stderr  # reported before torchrun starts
 
 
+def test_misspelled_scale_key_is_one_line_naming_the_closest_key(tiny, tmp_path):
+    """Not LLaMA-Factory's 30-line HfArgumentParser traceback: one line, like a bad value, before torchrun starts."""
+    config = write_yaml(tmp_path / "typo.yaml", train_config(tiny, tmp_path / "out", scale_schedul="linear"))
+    result = run_cli("train", str(config), env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["scale-llamafactory: error: scale_schedul: unknown SCALe key; did you mean scale_schedule?"]
+    assert "Traceback" not in result.stderr and "HfArgumentParser" not in result.stderr
+    assert "distributed tasks" not in result.stdout + result.stderr
+
+
+def test_misspelled_key_in_a_command_line_override(tiny, tmp_path):
+    config = write_yaml(tmp_path / "ok.yaml", train_config(tiny, tmp_path / "out"))
+    result = run_cli("train", str(config), "scale_answer_weight_ed=0.8")
+    assert result.returncode == 2
+    assert "error: scale_answer_weight_ed: unknown SCALe key; did you mean scale_answer_weight_end?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_help_needs_no_llamafactory_import():
     result = run_cli("help")
     assert result.returncode == 0
     assert "use_scale_loss" in result.stdout and "scale_answer_weight_start" in result.stdout
+    for opt in option_fields():  # derived from the core: a new option is listed
+        if opt.name != "ignore_index":
+            assert f"scale_{opt.name}" in result.stdout

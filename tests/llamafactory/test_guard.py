@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +21,8 @@ from scale_plugins.llamafactory.patch import (
     check_llamafactory,
     rewrite_torchrun_command,
 )
+
+from .helpers import train_config, write_yaml
 
 
 def test_supported_version_is_installed_and_passes(patched):
@@ -72,6 +78,45 @@ def test_apply_refuses_an_unsupported_version(monkeypatch):
     with pytest.raises(UnsupportedLlamaFactoryError, match="0.9.5"):
         patch.apply_training_patches()
     assert "training" not in patch._applied
+
+
+def test_another_version_with_every_name_warns_naming_the_tested_version(patched, monkeypatch):
+    """Not a refusal: a version that has every name the patches need runs, after a warning naming 0.9.5."""
+    from scale_plugins.llamafactory import patch
+
+    warnings = []
+    monkeypatch.setattr(patch, "_installed_version", lambda: "0.9.6")
+    monkeypatch.setattr(patch, "_logger", lambda: SimpleNamespace(warning=warnings.append))
+    check_llamafactory(_TRAINING_NAMES, _TRAINING_USES)
+    check_llamafactory(_WEBUI_NAMES, _WEBUI_USES)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("scale-llamafactory is tested with LLaMA-Factory 0.9.5; installed: 0.9.6.")
+
+
+def test_another_version_runs_the_command_after_the_warning(tiny, tmp_path):
+    """Through the real command (LLaMA-Factory's VERSION changed in the process): the warning, then the launcher goes
+    on (here to the config check, which reports the bad value)."""
+    code = (
+        "import sys, llamafactory.extras.env as env; env.VERSION = '0.9.6'; "
+        "from scale_plugins.llamafactory.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    config = write_yaml(tmp_path / "bad.yaml", train_config(tiny, tmp_path / "out", scale_schedule="cosin"))
+    env = {**os.environ, "LLAMAFACTORY_VERBOSITY": "INFO"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, "train", str(config)], env=env, capture_output=True, text=True, check=False
+    )
+    output = result.stdout + result.stderr
+    assert "scale-llamafactory is tested with LLaMA-Factory 0.9.5; installed: 0.9.6" in output
+    assert result.returncode == 2 and "error: scale_schedule: 'cosin' is not allowed" in result.stderr
+
+
+def test_readme_and_docs_describe_the_guard_as_it_behaves():
+    root = Path(__file__).resolve().parents[2]
+    row = next(line for line in (root / "README.md").read_text().splitlines() if line.startswith("| LLaMA-Factory |"))
+    assert "warning naming 0.9.5" in row and "error listing what is missing" in row and "refuses" not in row
+    docs = " ".join((root / "docs" / "llamafactory.md").read_text().split())
+    assert "Another version that has all of them runs, after a warning: `scale-llamafactory is tested with" in docs
+    assert "Running another version is not supported" not in docs
 
 
 def test_torchrun_command_runs_our_worker_module():

@@ -82,9 +82,28 @@ def test_scale_keys_without_the_switch_are_rejected(run_exp, tiny, tmp_path):
         run_exp(train_config(tiny, tmp_path, use_scale_loss=False, scale_schedule="linear"))
 
 
-def test_unknown_scale_key_is_rejected_by_llamafactory(run_exp, tiny, tmp_path):
-    with pytest.raises(ValueError, match="scale_answer_weight_middle"):
-        run_exp(train_config(tiny, tmp_path, scale_answer_weight_middle=0.5))
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("scale_schedul", "scale_schedul: unknown SCALe key; did you mean scale_schedule?"),
+        ("scale_answer_weight_middle", "did you mean scale_answer_weight_end?"),
+        ("use_scale_los", "use_scale_los: unknown SCALe key; did you mean use_scale_loss?"),
+        ("scale_xyz", "scale_xyz: unknown SCALe key; the SCALe keys are use_scale_loss, scale_think_open,"),
+    ],
+)
+def test_misspelled_scale_key_names_the_closest_key(run_exp, tiny, tmp_path, key, message):
+    with pytest.raises(ScaleConfigError) as err:
+        run_exp(train_config(tiny, tmp_path, **{key: "linear"}))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_misspelled_key_on_the_command_line_style_arguments(patched):
+    from scale_plugins.llamafactory.hparams import preflight
+
+    with pytest.raises(
+        ScaleConfigError, match="scale_normalisation: unknown SCALe key; did you mean scale_normalization"
+    ):
+        preflight(["--use_scale_loss", "true", "--scale_normalisation=token"])
 
 
 @pytest.mark.parametrize(
