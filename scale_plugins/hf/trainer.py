@@ -31,9 +31,7 @@ from ..core import (
     TokenWeights,
     components,
     local_counts,
-    scale_loss_from_logits,
     segment_weights,
-    shift_targets,
     token_weights,
 )
 
@@ -178,16 +176,24 @@ class ScaleTrainerMixin:
     def scale_per_token_loss(
         self, model: Any, inputs: dict[str, Any], segments: SegmentBatch, weights: TokenWeights
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """Default path: the model's logits, chunked weighted CE. Returns (loss, per-token CE, outputs).
+        """Default path. Returns (loss, per-token CE, outputs).
 
-        The model gets no labels, so it never computes the stock loss (and its float32 upcast of the logits).
+        In training the loss is computed inside the LM head from the hidden states (``hf.head``: no [B, T, V]
+        logits); where the model does not allow it (a LoRA on lm_head, ...) and in evaluation, from the model's
+        logits with the core's chunked weighted CE (a training fallback is logged once, counted in
+        ``scale/logits_path``). The model gets no labels, so it never computes the stock loss.
         """
-        labels = inputs.pop("labels")
-        inputs.pop("shift_labels", None)
-        outputs = model(**inputs)
-        targets = shift_targets(labels, self.scale_options.ignore_index)
-        loss, ce = scale_loss_from_logits(outputs.logits, targets, weights, self.scale_options.ignore_index)
-        return loss, ce, outputs
+        from .head import per_token_loss
+
+        result = per_token_loss(
+            model,
+            inputs,
+            weights,
+            self.scale_options.ignore_index,
+            fused=bool(model.training),
+            on_fallback=self._scale_count_fallback,
+        )
+        return result.loss, result.ce, result.outputs
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None

@@ -11,11 +11,10 @@ from ..core import (
     ScaleConfigError,
     SegmentBatch,
     TokenWeights,
-    prediction_stats,
     scale_loss_from_log_probs,
-    shift_targets,
 )
 from ..hf import ScaleTrainerMixin
+from ..hf.head import per_token_loss
 from .config import ScaleSFTConfig
 
 
@@ -23,7 +22,7 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
     """Drop-in ``SFTTrainer``: pass a :class:`ScaleSFTConfig` (a plain ``SFTConfig`` gets the SCALe defaults).
 
     The per-token log-probs come from TRL's fused LM head (no [B, T, V] logits); on TRL versions without it,
-    the core's chunked cross-entropy over the logits is used.
+    from SCALe's own fused head (``scale_plugins.hf.head``, no logits either).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -41,13 +40,19 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         inputs["use_cache"] = False
         if not self._scale_fused_head:
-            labels = inputs["labels"]
-            loss, ce, outputs = super().scale_per_token_loss(model, inputs, segments, weights)
-            # TRL's metrics from the logits, as TRL versions without the fused head do, in row chunks
-            targets = shift_targets(labels, self.scale_options.ignore_index)
-            count, entropy, correct = prediction_stats(outputs.logits, targets, self.scale_options.ignore_index)
-            self._record_trl_metrics(inputs, count, entropy, correct)
-            return loss, ce, outputs
+            # TRL without its fused head: SCALe's own (hf.head), with TRL's entropy / accuracy sums made in the same
+            # chunked pass over the hidden states (from the logits in row chunks where the logits path is taken)
+            result = per_token_loss(
+                model,
+                inputs,
+                weights,
+                self.scale_options.ignore_index,
+                fused=bool(model.training),
+                stats=True,
+                on_fallback=self._scale_count_fallback,
+            )
+            self._record_trl_metrics(inputs, result.count, result.entropy_sum, result.correct)
+            return result.loss, result.ce, result.outputs
         outputs = model(**inputs, fused_lm_head=True)
         log_probs = outputs.log_probs  # aligned with labels[:, 1:] (or with shift_labels, same length)
         if log_probs.shape[-1] == segments.segment_ids.shape[-1] - 1:

@@ -1,0 +1,276 @@
+"""SCALe's loss computed inside the LM head of a transformers model: no ``[B, T, V]`` logits.
+
+:func:`per_token_loss` runs the model with its output-embedding module's ``forward`` replaced, for
+that call only, by a function that computes :func:`~scale_plugins.core.fused_linear_weighted_ce`
+from the hidden states the model hands its head, and returns the loss as a ``[1, 1, 1]`` tensor
+in place of the logits. Because the replacement happens inside the module's own call, module
+hooks still run around it (DeepSpeed ZeRO-3 gathers the partitioned head weight for it and again
+for its backward; accelerate's device hooks are kept), and the loss the trainer backpropagates is
+the tensor the model returns as ``logits``.
+
+The model's own processing after the head (Gemma's final logit soft-capping, Cohere's
+``logit_scale``, Granite's ``logits_scaling``, ``output_multiplier``) is read from the source of the
+model class's ``forward``, switched off for the call, and applied inside the fused function instead.
+After the call the value the model returned must equal the one the head returned; a model that
+changed it in some other way is not used again with the fused head (its loss is recomputed from the
+logits, and the reason is reported).
+
+Falls back to the logits path (the core's chunked weighted CE over ``outputs.logits``) with a named
+reason when the head is not a plain ``torch.nn.Linear`` (a LoRA adapter or ``modules_to_save`` on
+``lm_head``, a quantized head), when the model has no output embeddings or its forward cannot be read,
+and in evaluation (predictions need the logits).
+
+Imports torch and transformers-level code only (no trl / axolotl / llamafactory).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..core import TokenWeights, fused_linear_weighted_ce, prediction_stats, scale_loss_from_logits, shift_targets
+
+__all__ = ["HeadLoss", "FALLBACK_NAME", "fused_head_unsupported", "per_token_loss"]
+
+#: the fallback counter: ``scale/logits_path`` counts training micro-batches whose loss needed the full logits
+FALLBACK_NAME = "logits_path"
+
+_UNSUPPORTED_ATTR = "_scale_fused_head_unsupported"
+
+# (regex on the model class's forward source, object holding the value, attribute, kind)
+_POST_PROCESSING: tuple[tuple[str, Callable[[Any], Any], str, str], ...] = (
+    (r"\bself\.config\.final_logit_softcapping\b", lambda m: m.config, "final_logit_softcapping", "softcap"),
+    (
+        r"\bself\.config\.text_config\.final_logit_softcapping\b",
+        lambda m: m.config.text_config,
+        "final_logit_softcapping",
+        "softcap",
+    ),
+    (r"\bself\.final_logit_softcapping\b", lambda m: m, "final_logit_softcapping", "softcap"),
+    (r"\bself\.logit_scale\b", lambda m: m, "logit_scale", "multiplier"),
+    (r"\bself\.config\.output_multiplier\b", lambda m: m.config, "output_multiplier", "multiplier"),
+    (
+        r"\bself\.config\.text_config\.output_multiplier\b",
+        lambda m: m.config.text_config,
+        "output_multiplier",
+        "multiplier",
+    ),
+    (r"\bself\.config\.logits_scaling\b", lambda m: m.config, "logits_scaling", "divisor"),
+    (r"\bself\.config\.text_config\.logits_scaling\b", lambda m: m.config.text_config, "logits_scaling", "divisor"),
+)
+_NEUTRAL = {"softcap": None, "multiplier": 1.0, "divisor": 1.0}
+# what a forward may do to the logits that the carrier check cannot see (a slice of the vocabulary)
+_UNSUPPORTED_SOURCE = re.compile(r"unpadded_vocab_size|logit_softcap\(")
+
+
+@dataclass
+class HeadLoss:
+    """``loss`` (float32 scalar ``sum_i w_i ce_i``), ``ce`` (per-token CE [B, T], detached), the model's
+    ``outputs`` (``logits`` is None on the fused path), whether the fused head was used, and with ``stats=True``
+    TRL's metric sums over the supervised tokens: ``count``, ``entropy_sum``, ``correct``."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    outputs: Any
+    fused: bool
+    count: torch.Tensor | None = None
+    entropy_sum: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers model under DDP / DeepSpeed engines, torch.compile and PEFT wrappers."""
+    for _ in range(8):
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model") and callable(model.get_base_model):
+            model = model.get_base_model()
+        elif not hasattr(model, "get_output_embeddings") and isinstance(
+            getattr(model, "module", None), torch.nn.Module
+        ):
+            model = model.module
+        else:
+            break
+    return model
+
+
+def _forward_source(base: Any) -> str | None:
+    try:
+        return inspect.getsource(type(base).forward)
+    except (OSError, TypeError):
+        return None
+
+
+def _post_processing(base: Any, source: str) -> tuple[dict[str, float], list[tuple[Any, str, Any]]]:
+    """Keyword arguments of the fused function for the model's processing after the head, and the
+    ``(object, attribute, neutral value)`` that switch it off in the model's forward."""
+    kwargs: dict[str, float] = {}
+    neutral: list[tuple[Any, str, Any]] = []
+    for pattern, holder, attr, kind in _POST_PROCESSING:
+        if not re.search(pattern, source):
+            continue
+        obj = holder(base)
+        value = getattr(obj, attr, None)
+        if value is None or isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor):
+                raise _Unsupported(f"{type(base).__name__}.{attr} is a tensor (a learned scale)")
+            continue
+        value = float(value)
+        if kind != "softcap" and value == 1.0:
+            continue
+        key = {"softcap": "softcap", "multiplier": "logit_multiplier", "divisor": "logit_divisor"}[kind]
+        if key in kwargs:
+            raise _Unsupported(f"{type(base).__name__} applies two {kind}s after the head")
+        kwargs[key] = value
+        neutral.append((obj, attr, _NEUTRAL[kind]))
+    if "logit_multiplier" in kwargs and "logit_divisor" in kwargs:
+        raise _Unsupported(f"{type(base).__name__} both multiplies and divides the logits")
+    return kwargs, neutral
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def fused_head_unsupported(model: Any) -> str | None:
+    """Why the fused head cannot be used with ``model`` (None: it can)."""
+    base = unwrap(model)
+    cached = getattr(base, _UNSUPPORTED_ATTR, None)
+    if cached:
+        return cached
+    get = getattr(base, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None:
+        return f"{type(base).__name__} has no output embeddings (get_output_embeddings() is None)"
+    if type(head) is not torch.nn.Linear:
+        kind = f"{type(head).__module__}.{type(head).__qualname__}"
+        return f"the LM head is {kind}, not a plain torch.nn.Linear (e.g. a LoRA adapter or modules_to_save on lm_head)"
+    source = _forward_source(base)
+    if source is None:
+        return f"the source of {type(base).__name__}.forward cannot be read"
+    if _UNSUPPORTED_SOURCE.search(source):
+        return f"{type(base).__name__}.forward post-processes the logits in a way the fused head does not reproduce"
+    try:
+        _post_processing(base, source)
+    except _Unsupported as err:
+        return str(err)
+    return None
+
+
+def _logits_path(
+    model: Any, inputs: dict[str, Any], targets: torch.Tensor, weights: TokenWeights, ignore_index: int, stats: bool
+) -> HeadLoss:
+    outputs = model(**inputs)
+    loss, ce = scale_loss_from_logits(outputs.logits, targets, weights, ignore_index)
+    result = HeadLoss(loss, ce, outputs, fused=False)
+    if stats:
+        result.count, result.entropy_sum, result.correct = prediction_stats(outputs.logits, targets, ignore_index)
+    return result
+
+
+def _fused_path(
+    model: Any, inputs: dict[str, Any], targets: torch.Tensor, weights: TokenWeights, ignore_index: int, stats: bool
+) -> HeadLoss | str:
+    base = unwrap(model)
+    head = base.get_output_embeddings()
+    try:
+        post, neutral = _post_processing(base, _forward_source(base) or "")
+    except _Unsupported as err:
+        return str(err)
+    state: dict[str, Any] = {}
+
+    def fused_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if "result" in state:
+            raise RuntimeError("SCALe fused head: the model called its LM head twice in one forward")
+        if hidden_states.shape[:-1] != targets.shape:
+            raise RuntimeError(
+                f"SCALe fused head: the LM head got hidden states {list(hidden_states.shape)} for targets "
+                f"{list(targets.shape)} (logits_to_keep?)"
+            )
+        state["result"] = result = fused_linear_weighted_ce(
+            hidden_states,
+            head.weight,
+            targets.to(hidden_states.device),
+            weights.loss.to(hidden_states.device),
+            head.bias,
+            ignore_index=ignore_index,
+            stats=stats,
+            **post,
+        )
+        return result.loss.reshape(1, 1, 1)
+
+    # accelerate's device hooks replace `forward` and call `_old_forward`: replace that one, keep the hook
+    attr = "_old_forward" if hasattr(head, "_hf_hook") and hasattr(head, "_old_forward") else "forward"
+    had_own = attr in vars(head)
+    previous = vars(head).get(attr)
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in neutral]
+    setattr(head, attr, fused_forward)
+    try:
+        for obj, name, value in neutral:
+            setattr(obj, name, value)
+        outputs = model(**inputs)
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+        if had_own:
+            setattr(head, attr, previous)
+        else:
+            delattr(head, attr)
+    result = state.get("result")
+    if result is None:
+        raise RuntimeError(f"SCALe fused head: {type(base).__name__}.forward never called its LM head")
+    carrier = getattr(outputs, "logits", None)
+    if (
+        not isinstance(carrier, torch.Tensor)
+        or carrier.shape != (1, 1, 1)
+        or not torch.equal(carrier.detach().float(), result.loss.detach().reshape(1, 1, 1))
+    ):
+        reason = f"{type(base).__name__}.forward changes the LM head's output in a way the fused head does not know"
+        setattr(base, _UNSUPPORTED_ATTR, reason)
+        return reason
+    outputs["logits"] = None
+    ce = result.ce.view(targets.shape)
+    return HeadLoss(carrier.reshape(()), ce, outputs, True, result.count, result.entropy_sum, result.correct)
+
+
+def per_token_loss(
+    model: Any,
+    inputs: dict[str, Any],
+    weights: TokenWeights,
+    ignore_index: int = -100,
+    *,
+    fused: bool = True,
+    stats: bool = False,
+    on_fallback: Callable[[str, str], None] | None = None,
+) -> HeadLoss:
+    """SCALe's loss for one micro-batch: ``sum_i w_i ce_i`` with the model's per-token CE.
+
+    ``inputs``: the model's keyword arguments with ``labels`` (or ``shift_labels``), not modified. The model gets
+    no labels, so it never computes its stock loss. ``fused``: compute the loss inside the LM head (no logits) when
+    the model allows it; otherwise, or when it does not (``on_fallback(FALLBACK_NAME, reason)`` is called), from
+    the logits. ``stats``: also TRL's entropy / top-1 sums over the supervised tokens.
+    """
+    inputs = dict(inputs)
+    labels = inputs.pop("labels", None)
+    shifted = inputs.pop("shift_labels", None)
+    if labels is not None:
+        targets = shift_targets(labels, ignore_index)
+    elif shifted is not None:
+        targets = shifted
+    else:
+        raise ValueError("SCALe needs `labels` (or `shift_labels`) in the batch")
+    if fused:
+        reason = fused_head_unsupported(model)
+        if reason is None:
+            result = _fused_path(model, inputs, targets, weights, ignore_index, stats)
+            if isinstance(result, HeadLoss):
+                return result
+            reason = result
+        if on_fallback is not None:
+            on_fallback(FALLBACK_NAME, f"the loss is computed from the full [B, T, V] logits: {reason}")
+    return _logits_path(model, inputs, targets, weights, ignore_index, stats)
