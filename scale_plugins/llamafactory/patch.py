@@ -66,6 +66,7 @@ _TRAINING_NAMES: tuple[tuple[str, str], ...] = (
     ("llamafactory.train.sft.trainer", "CustomSeq2SeqTrainer"),
     ("llamafactory.launcher", "launch"),
     ("llamafactory.launcher", "subprocess"),
+    ("llamafactory.train.callbacks", "LogCallback.on_log"),
 )
 # ... and (module, function path, global or attribute name the function must use): the patches only work if
 # the function looks these names up when it runs.
@@ -75,6 +76,9 @@ _TRAINING_USES: tuple[tuple[str, str, str], ...] = (
     ("llamafactory.train.sft.workflow", "run_sft", "CustomSeq2SeqTrainer"),
     ("llamafactory.launcher", "launch", "subprocess"),
     ("llamafactory.launcher", "launch", "__file__"),
+    ("llamafactory.train.callbacks", "LogCallback.on_log", "thread_pool"),
+    ("llamafactory.train.callbacks", "LogCallback.on_log", "_write_log"),
+    ("llamafactory.train.callbacks", "LogCallback.on_log", "webui_mode"),
 )
 _WEBUI_NAMES: tuple[tuple[str, str], ...] = (
     ("llamafactory.webui.interface", "create_ui"),
@@ -87,6 +91,8 @@ _WEBUI_NAMES: tuple[tuple[str, str], ...] = (
     ("llamafactory.webui.runner", "Runner._launch"),
     ("llamafactory.webui.runner", "Popen"),
     ("llamafactory.webui.runner", "gen_cmd"),
+    ("llamafactory.webui.common", "_clean_cmd"),
+    ("llamafactory.webui.control", "gen_loss_plot"),
     ("llamafactory.webui.locales", "LOCALES"),
 )
 _WEBUI_USES: tuple[tuple[str, str, str], ...] = (
@@ -96,6 +102,7 @@ _WEBUI_USES: tuple[tuple[str, str, str], ...] = (
     ("llamafactory.webui.runner", "Runner._launch", "_parse_train_args"),
     ("llamafactory.webui.runner", "Runner._preview", "gen_cmd"),
     ("llamafactory.webui.runner", "Runner._preview", "_initialize"),
+    ("llamafactory.webui.control", "get_trainer_info", "gen_loss_plot"),
 )
 
 
@@ -271,6 +278,50 @@ def _patch_launcher() -> None:
         launcher.subprocess = _LauncherSubprocess(launcher.subprocess, launcher.__file__)
 
 
+#: The metrics of a log entry that LogCallback adds to trainer_log.jsonl (it writes a fixed set of keys otherwise).
+LOGGED_PREFIXES = ("scale/", "eval_scale/")
+#: ... and shows in the web UI's running log, next to its own loss line.
+_SHOWN = ("scale/think_loss", "scale/answer_loss", "scale/think_weight", "scale/answer_weight")
+
+
+class _AddToWrittenLog:
+    """Stands in for ``LogCallback.thread_pool`` during one ``on_log``: the line it writes gets ``extra`` too."""
+
+    def __init__(self, pool: Any, extra: dict[str, Any]):
+        self._pool = pool
+        self._extra = extra
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def submit(self, fn: Any, output_dir: Any, logs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return self._pool.submit(fn, output_dir, {**logs, **self._extra}, *args, **kwargs)
+
+
+def _patch_log_callback() -> None:
+    """``trainer_log.jsonl`` (what the web UI plots) and the web UI's log get the ``scale/*`` metrics."""
+    from llamafactory.train.callbacks import LogCallback
+
+    original = _original(LogCallback.on_log)
+
+    def on_log(self: Any, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        entry = state.log_history[-1] if state.log_history else {}
+        extra = {key: value for key, value in entry.items() if key.startswith(LOGGED_PREFIXES)}
+        pool = self.thread_pool
+        if extra and pool is not None:
+            self.thread_pool = _AddToWrittenLog(pool, extra)
+        try:
+            result = original(self, args, state, control, **kwargs)
+        finally:
+            if self.thread_pool is not pool and isinstance(self.thread_pool, _AddToWrittenLog):
+                self.thread_pool = pool
+        if self.webui_mode and args.should_save and "loss" in entry and all(key in extra for key in _SHOWN):
+            _logger().info("{" + ", ".join(f"'{key}': {extra[key]:.4f}" for key in _SHOWN) + "}")
+        return result
+
+    _install(LogCallback, "on_log", on_log, original)
+
+
 _applied: set[str] = set()
 
 
@@ -284,6 +335,7 @@ def apply_training_patches() -> None:
     _patch_tuner()
     _patch_sft_workflow()
     _patch_launcher()
+    _patch_log_callback()
     _applied.add("training")
 
 

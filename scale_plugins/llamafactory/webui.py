@@ -11,8 +11,11 @@ What :func:`patch` changes (all private names of LLaMA-Factory 0.9.5, verified b
 - ``Runner._parse_train_args``: turns the selector into ``use_scale_loss: true`` plus every ``scale_*`` key
   (or ``use_dft_loss`` & co.), after the JSON extra arguments, and validates the result with the same
   argument class the training process uses, so a bad value or a refused combination shows in the UI at
-  once, naming the key.
-- ``runner.gen_cmd``: the preview shows ``scale-llamafactory train``.
+  once, naming the key. Error pop-ups are HTML in Gradio: the message is escaped, so ``<think>`` shows.
+- ``runner.gen_cmd``: the preview shows ``scale-llamafactory train``, every value quoted for the shell
+  (``--scale_think_open '<think>'``: pasted into bash it must not read ``<think>`` as a redirection).
+- ``control.gen_loss_plot`` (the monitor's loss plot): adds the think / answer losses and, on a second axis, their
+  weights, read from ``trainer_log.jsonl`` (where the training process's patched ``LogCallback`` puts them).
 - ``runner.Popen``: the training subprocess ``llamafactory-cli train <yaml>`` is started as
   ``<this python> -m scale_plugins.llamafactory train <yaml>``, so it (and its torchrun workers) is patched.
 - ``locales.LOCALES``: labels and help of the new controls in the five UI languages (:mod:`.locales`).
@@ -21,16 +24,20 @@ What :func:`patch` changes (all private names of LLaMA-Factory 0.9.5, verified b
 from __future__ import annotations
 
 import dataclasses
+import html
+import json
+import os
+import shlex
 import sys
 from typing import Any
 
 import gradio as gr
 from llamafactory.hparams.finetuning_args import FinetuningArguments
-from llamafactory.webui import interface, runner
+from llamafactory.webui import common, control, interface, runner
 from llamafactory.webui.locales import LOCALES
 
 from ..core import ScaleConfigError, ScaleOptions
-from .hparams import HOST_LOSSES, PREFIX, SWITCH, ScaleFinetuningArguments
+from .hparams import HOST_LOSSES, PREFIX, SWITCH, ScaleFinetuningArguments, check_scale_keys
 from .locales import LOSS_SELECTOR, SETTINGS_TAB, locales, ui_options
 from .patch import _MARK, CLI_MODULE, UnsupportedLlamaFactoryError, _install, _original
 
@@ -115,7 +122,61 @@ def validate_train_args(args: dict[str, Any]) -> None:
 
     if not args.get(SWITCH) and not any(key.startswith(PREFIX) for key in args):
         return
+    check_scale_keys(args, {field.name for field in dataclasses.fields(ScaleFinetuningArguments)})
     HfArgumentParser(ScaleFinetuningArguments).parse_dict(args, allow_extra_keys=True)
+
+
+def shell_command(args: dict[str, Any]) -> str:
+    """The preview: LLaMA-Factory's layout (one ``--key value`` per line, a bash block), each value shell-quoted."""
+    lines = ["scale-llamafactory train "]
+    for key, value in common._clean_cmd(args).items():
+        if isinstance(value, dict):
+            text = shlex.quote(json.dumps(value, ensure_ascii=False))
+        elif isinstance(value, list):
+            text = " ".join(shlex.quote(str(item)) for item in value)
+        else:
+            text = shlex.quote(str(value))
+        lines.append(f"    --{key} {text} ")
+    return "```bash\n" + "\\\n".join(lines) + "\n```"
+
+
+#: trainer_log.jsonl keys the loss plot adds: (key, label, on the weight axis)
+PLOTTED = (
+    ("scale/think_loss", "think loss", False),
+    ("scale/answer_loss", "answer loss", False),
+    ("scale/think_weight", "think weight", True),
+    ("scale/answer_weight", "answer weight", True),
+)
+
+
+def _patch_loss_plot() -> None:
+    original = _original(control.gen_loss_plot)
+
+    def gen_loss_plot(trainer_log: list[dict[str, Any]]) -> Any:
+        fig = original(trainer_log)
+        entries = [log for log in trainer_log if log.get("loss") and "scale/answer_weight" in log]
+        if not entries:
+            return fig
+        ax = fig.axes[0]
+        steps = [log["current_steps"] for log in entries]
+        weights = ax.twinx()
+        for (key, label, is_weight), color in zip(PLOTTED, ("#d62728", "#2ca02c", "#d62728", "#2ca02c"), strict=True):
+            values = [log.get(key) for log in entries]
+            if any(v is None for v in values):
+                continue
+            target = weights if is_weight else ax
+            target.plot(steps, values, color=color, linestyle="--" if is_weight else "-", label=label)
+        weights.set_ylim(0.0, 1.0)
+        weights.set_ylabel("SCALe weight")
+        handles, labels = [], []
+        for axis in (ax, weights):
+            axis_handles, axis_labels = axis.get_legend_handles_labels()
+            handles += axis_handles
+            labels += axis_labels
+        ax.legend(handles, labels, fontsize="small")
+        return fig
+
+    _install(control, "gen_loss_plot", gen_loss_plot, original)
 
 
 def _patch_train_tab() -> None:
@@ -151,7 +212,7 @@ def _patch_runner() -> None:
         try:
             validate_train_args(args)
         except (ScaleConfigError, ValueError) as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(html.escape(str(err), quote=False)) from None  # the pop-up renders HTML
         return args
 
     _install(Runner, "_parse_train_args", _parse_train_args, original_parse)
@@ -159,7 +220,9 @@ def _patch_runner() -> None:
     original_gen_cmd = _original(runner.gen_cmd)
 
     def gen_cmd(args: dict[str, Any]) -> str:
-        return original_gen_cmd(args).replace("llamafactory-cli train", "scale-llamafactory train", 1)
+        if os.name == "nt":  # PowerShell quoting differs: LLaMA-Factory's own preview, our command name
+            return original_gen_cmd(args).replace("llamafactory-cli train", "scale-llamafactory train", 1)
+        return shell_command(args)
 
     _install(runner, "gen_cmd", gen_cmd, original_gen_cmd)
 
@@ -191,3 +254,4 @@ def patch() -> None:
     _patch_locales()
     _patch_train_tab()
     _patch_runner()
+    _patch_loss_plot()

@@ -34,6 +34,9 @@ def test_train_command_trains_with_scale_and_logs_the_schedule(tiny, tmp_path):
     lines = [line for line in lines if "loss" in line]  # not the end-of-training summary
     assert [line["current_steps"] for line in lines] == [1, 2, 3, 4]
     assert [line["loss"] for line in lines] == pytest.approx([entry["loss"] for entry in logs])
+    # ... with the SCALe metrics of each step (LogCallback writes a fixed set of keys; the launcher adds these)
+    for key in ("scale/think_loss", "scale/answer_loss", "scale/think_weight", "scale/answer_weight"):
+        assert [line[key] for line in lines] == pytest.approx([entry[key] for entry in logs])
     assert (out / "model.safetensors").is_file()
 
 

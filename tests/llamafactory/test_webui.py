@@ -107,9 +107,40 @@ def test_preview_shows_the_scale_command(ui, tiny, tmp_path):
         "--scale_answer_weight_start 0.2",
         "--scale_answer_weight_end 0.6",
         "--scale_normalization sample",
-        "--scale_think_open <think>",
+        "--scale_empty_think ignore",
+        "--scale_think_open '<think>'",
     ):
         assert line in text
+
+
+def test_preview_command_is_shell_safe(ui, tiny, tmp_path):
+    """Pasted into bash, the previewed command passes every value literally (``<think>`` is no redirection)."""
+    import shlex
+    import subprocess
+
+    engine, _ = ui
+    extra = "p:<p>:</p>:0.3\nq:<q x='1'>:</q>:0.2"
+    data = _form(engine, tiny, tmp_path / "out dir", train__scale_extra_segments=extra)
+    (update,) = list(engine.runner.preview_train(data))
+    text = update[engine.manager.get_elem_by_id("train.output_box")]
+    command = text.removeprefix("```bash\n").removesuffix("\n```")
+    words = shlex.split(command.replace("\\\n", ""))  # bash drops the line continuations
+    assert words[:2] == ["scale-llamafactory", "train"]
+    value = {word: words[i + 1] for i, word in enumerate(words[:-1]) if word.startswith("--")}
+    assert value["--scale_think_open"] == "<think>" and value["--scale_think_close"] == "</think>"
+    assert value["--output_dir"].endswith("out dir")
+    # what bash itself passes to the command (printf prints one argument per line)
+    printed = subprocess.run(
+        ["bash", "-c", command.replace("scale-llamafactory train", "printf '%s\\n'", 1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert printed == words[2:]
+    i = printed.index("--scale_extra_segments")
+    assert printed[i + 1 : i + 3] == ["p:<p>:</p>:0.3", "q:<q x='1'>:</q>:0.2"]
+    assert not list(tmp_path.glob("think*")), "bash read a tag as a redirection"
 
 
 @pytest.mark.parametrize(
@@ -141,6 +172,61 @@ def test_invalid_settings_are_shown_naming_the_key(ui, tiny, tmp_path, values, m
     engine, _ = ui
     with pytest.raises(gr.Error, match=message.replace("(", "\\(")):
         list(engine.runner.preview_train(_form(engine, tiny, tmp_path / "out", **values)))
+
+
+def test_error_popup_is_escaped_html(ui, tiny, tmp_path):
+    """The pop-up renders its message as HTML: the tags in it must be escaped to show (not vanish as HTML tags)."""
+    import html
+
+    engine, _ = ui
+    with pytest.raises(gr.Error) as err:
+        list(engine.runner.preview_train(_form(engine, tiny, tmp_path / "out", train__scale_extra_segments="p:<p>")))
+    shown = err.value.message
+    assert "<" not in shown and "&lt;p&gt;" in shown
+    assert html.unescape(shown) == (
+        "scale_extra_segments: 'p:<p>' must look like 'name:<open>:</close>[:weight_start[:weight_end]]'"
+    )
+
+
+def test_misspelled_scale_key_in_extra_arguments_is_shown(ui, tiny, tmp_path):
+    engine, _ = ui
+    values = {"train__extra_args": '{"max_steps": 2, "scale_scheduel": "linear"}'}
+    with pytest.raises(gr.Error, match="scale_scheduel: unknown SCALe key; did you mean scale_schedule\\?"):
+        list(engine.runner.preview_train(_form(engine, tiny, tmp_path / "out", **values)))
+
+
+def test_empty_think_is_a_dropdown_of_the_core_choices(ui, tiny, tmp_path):
+    from llamafactory.webui.locales import LOCALES
+
+    engine, _ = ui
+    control = engine.manager.get_elem_by_id("train.scale_empty_think")
+    assert isinstance(control, gr.Dropdown)
+    assert [value for _, value in control.choices] == ["ignore", "think"] and control.value == "ignore"
+    assert {lang: entry["label"] for lang, entry in LOCALES["scale_empty_think"].items()}["en"] == "Empty think blocks"
+    args = engine.runner._parse_train_args(_form(engine, tiny, tmp_path / "out", train__scale_empty_think="think"))
+    assert args["scale_empty_think"] == "think"
+
+
+def test_loss_plot_shows_the_scale_losses_and_weights(ui):
+    """The monitor's plot (from trainer_log.jsonl) gets the think / answer losses and, on a second axis, the weights."""
+    from llamafactory.webui import control
+
+    log = [
+        {"current_steps": step, "loss": 2.0 - step / 10, "scale/think_loss": 2.5 - step / 10,
+         "scale/answer_loss": 1.5 - step / 20, "scale/think_weight": 0.9 - step / 10,
+         "scale/answer_weight": 0.1 + step / 10}
+        for step in (1, 2, 3)
+    ]  # fmt: skip
+    fig = control.gen_loss_plot(log)
+    loss_axis, weight_axis = fig.axes
+    assert [line.get_label() for line in loss_axis.lines] == ["original", "smoothed", "think loss", "answer loss"]
+    assert [line.get_label() for line in weight_axis.lines] == ["think weight", "answer weight"]
+    assert list(weight_axis.lines[1].get_ydata()) == pytest.approx([0.2, 0.3, 0.4])
+    assert weight_axis.get_ylim() == (0.0, 1.0)
+    legend = [text.get_text() for text in loss_axis.get_legend().get_texts()]
+    assert legend == ["original", "smoothed", "think loss", "answer loss", "think weight", "answer weight"]
+    stock = control.gen_loss_plot([{"current_steps": 1, "loss": 2.0}, {"current_steps": 2, "loss": 1.0}])
+    assert len(stock.axes) == 1  # a run without SCALe: LLaMA-Factory's plot
 
 
 def test_saved_config_keeps_the_scale_settings(ui, tiny, tmp_path):
