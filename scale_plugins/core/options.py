@@ -16,6 +16,7 @@ from typing import Any
 SCHEDULES = ("cosine", "linear", "constant", "step")
 NORMALIZATIONS = ("sample", "token")
 MISSING_TAG_POLICIES = ("warn", "error", "ignore")
+EMPTY_THINK_POLICIES = ("ignore", "think")
 RESERVED_SEGMENT_NAMES = ("ignored", "think", "answer")
 
 
@@ -97,7 +98,7 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass(frozen=True)
 class ScaleOptions:
-    """SCALe options. Defaults follow METHOD.md; every one is configurable.
+    """SCALe options (docs/concepts.md); every one is configurable.
 
     Hosts expose each field with the prefix ``scale_`` (``scale_answer_weight_start``
     and so on); the names and meanings are identical everywhere.
@@ -111,13 +112,21 @@ class ScaleOptions:
         "Closing tag of the reasoning segment. A closer without an opener in the supervised text (templates that put the opener in the prompt) makes the supervised text before it (since the previous think block) think.",
     )
     schedule: str = _opt(
-        "cosine", "How the answer weight moves over training progress p = step / max_steps.", choices=SCHEDULES
+        "cosine",
+        "How the answer weight moves over training progress p = step / (max_steps - 1): 0 at the first optimizer step, 1 at the last (docs/concepts.md).",
+        choices=SCHEDULES,
     )
     answer_weight_start: float = _opt(
-        0.1, "Answer weight at p = 0 (think weight = 1 - answer weight).", minimum=0.0, maximum=1.0
+        0.1,
+        "Answer weight at p = 0, the first optimizer step (think weight = 1 - answer weight).",
+        minimum=0.0,
+        maximum=1.0,
     )
     answer_weight_end: float = _opt(
-        0.9, "Answer weight at p = 1 (think weight = 1 - answer weight).", minimum=0.0, maximum=1.0
+        0.9,
+        "Answer weight at p = 1, the last optimizer step (think weight = 1 - answer weight).",
+        minimum=0.0,
+        maximum=1.0,
     )
     step_at: float = _opt(
         0.5,
@@ -133,6 +142,11 @@ class ScaleOptions:
     extra_segments: tuple[ExtraSegment, ...] = _opt(
         (),
         "Extra tagged segments, each {name, open, close, weight_start, weight_end} (or 'name:<open>:</close>:w0:w1'); they take their tokens from the enclosing segment.",
+    )
+    empty_think: str = _opt(
+        "ignore",
+        "Think blocks with nothing but whitespace between the tags (e.g. '<think>\\n\\n</think>\\n\\n' before a plain answer, as Qwen3 templates add): 'ignore' leaves their tokens out of the loss (counted in scale/empty_think_blocks), 'think' trains them as think (each then weighs as much as a full trace under sample normalization).",
+        choices=EMPTY_THINK_POLICIES,
     )
     on_missing_think: str = _opt(
         "warn",

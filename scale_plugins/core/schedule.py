@@ -12,10 +12,16 @@ from .options import ScaleConfigError, ScaleOptions
 
 
 def progress(step: int, max_steps: int) -> float:
-    """Training progress p = step / max_steps, clamped to [0, 1]."""
+    """Training progress of the optimizer step that starts at ``global_step == step`` (0-based).
+
+    p = step / (max_steps - 1), clamped to [0, 1]: the first of ``max_steps`` optimizer steps trains at p = 0
+    (the start weights) and the last one at p = 1 (the end weights). A run of one step is its last step: p = 1.
+    """
     if max_steps <= 0:
         raise ScaleConfigError(f"max_steps must be > 0 to schedule SCALe weights, got {max_steps}")
-    return min(max(step / max_steps, 0.0), 1.0)
+    if max_steps == 1:
+        return 1.0
+    return min(max(step / (max_steps - 1), 0.0), 1.0)
 
 
 def _interpolate(start: float, end: float, p: float, options: ScaleOptions) -> float:

@@ -9,8 +9,14 @@ Only supervised tokens (label != ignore index) are read, one contiguous run at a
 time inside one sample, so tags in the masked prompt, the next packed sample or the
 next assistant turn never open or close a span here.
 
-Rules (METHOD.md):
+Rules (docs/concepts.md):
 - think = from the start of the opener through the end of its closer;
+- a token holding bytes of several segments (BPE merges across a tag) goes by its
+  non-whitespace bytes, answer text first, then an extra segment, then think:
+  ``'>B'`` after ``</think>`` (the Qwen2.5 BPE glues an answer letter to the closer) is
+  answer, ``'>\\n\\n'`` is think, ``'.</'`` is think;
+- an empty think block (only whitespace between the tags) is left out of the loss with
+  ``empty_think="ignore"`` (the default), trained as think with ``"think"``;
 - an opener with no closer (truncation) makes the rest of the run think;
 - a closer with no opener (the template put the opener in the prompt) makes the
   text before it in the run (since the previous span) think;
@@ -162,10 +168,17 @@ def sample_ids_from(
     starts = torch.zeros(shape, dtype=torch.bool)
     starts[:, 0] = True
     if position_ids is not None:
-        pos = position_ids.detach().cpu().reshape(-1, position_ids.shape[-1])
+        pos = _text_positions(position_ids, rows)
         if pos.shape[0] == 1 and rows > 1:
             pos = pos.expand(rows, -1)
-        starts |= pos[:, :cols] == 0
+        pos = pos[:, :cols]
+        if position_ids.dim() == 3 and position_ids.shape[0] == 3:
+            # M-RoPE temporal plane: an image keeps one temporal position for all its tokens (0 when the sample
+            # starts with an image), so a sample starts where the position drops to 0, not at every 0.
+            previous = torch.cat([torch.ones_like(pos[:, :1]), pos[:, :-1]], dim=1)
+            starts |= (pos == 0) & (previous != 0)
+        else:
+            starts |= pos == 0
     if cu_seqlens is not None:
         flat = starts.view(-1)
         offsets = cu_seqlens.detach().cpu().long()
@@ -174,24 +187,77 @@ def sample_ids_from(
     return torch.cumsum(starts.view(-1).long(), 0).view(shape) - 1
 
 
-def _find_spans(data: bytes, open_tag: bytes, close_tag: bytes, orphan_close: bool) -> list[tuple[int, int]]:
+def _text_positions(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
+    """[B, T] positions from [B, T], [T] or multimodal RoPE position ids.
+
+    Qwen2-VL-style models take M-RoPE ids [3, B, T] (temporal, height, width) or [4, B, T] (the text
+    positions first, then the three M-RoPE planes); the first plane is the one that restarts per sample.
+    """
+    pos = position_ids.detach().cpu()
+    if pos.dim() == 3:
+        if pos.shape[0] not in (3, 4) or pos.shape[1] not in (1, rows):
+            raise ValueError(
+                f"position_ids of shape {tuple(pos.shape)}: expected [B, T], or [3, B, T] / [4, B, T] "
+                f"(multimodal RoPE) with B = {rows}"
+            )
+        return pos[0]
+    return pos.reshape(-1, pos.shape[-1])
+
+
+@dataclass(frozen=True)
+class _Span:
+    start: int  # byte offsets of the whole span, tags included
+    stop: int
+    empty: bool  # nothing but whitespace between the tags
+
+
+def _find_spans(data: bytes, open_tag: bytes, close_tag: bytes, orphan_close: bool) -> list[_Span]:
     spans = []
     pos = 0
     while True:
         o = data.find(open_tag, pos)
         c = data.find(close_tag, pos) if orphan_close else -1
         if c != -1 and (o == -1 or c < o):
-            spans.append((pos, c + len(close_tag)))  # closer with no opener: think since the last span
+            # closer with no opener: think since the last span
+            spans.append(_Span(pos, c + len(close_tag), not data[pos:c].strip()))
             pos = c + len(close_tag)
             continue
         if o == -1:
             return spans
         c = data.find(close_tag, o + len(open_tag))
-        if c == -1:
-            spans.append((o, len(data)))  # truncated: think to the end
+        if c == -1:  # truncated: think to the end
+            spans.append(_Span(o, len(data), not data[o + len(open_tag) :].strip()))
             return spans
-        spans.append((o, c + len(close_tag)))
+        spans.append(_Span(o, c + len(close_tag), not data[o + len(open_tag) : c].strip()))
         pos = c + len(close_tag)
+
+
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
+_EMPTY_THINK = -1  # bytes of an empty think block left out of the loss
+
+
+def _score(byte_segment: np.ndarray) -> np.ndarray:
+    """When one token holds bytes of several segments: answer text wins over an extra segment, which wins over
+    think, which wins over an ignored empty think block (the score's rank); ties go to the larger segment id."""
+    rank = np.select([byte_segment == ANSWER, byte_segment >= FIRST_EXTRA, byte_segment == THINK], [3, 2, 1], default=0)
+    return rank * 1024 + np.maximum(byte_segment, 0)
+
+
+def _token_segments(data: bytes, byte_segment: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Segment of each token of a run from the segments of its bytes: its non-whitespace bytes decide (all of
+    them if it is all whitespace), by the priority of :func:`_score`."""
+    out = np.full(len(lengths), ANSWER, dtype=np.int64)  # a token with no bytes (an id the tokenizer lacks)
+    nonempty = lengths > 0
+    if not nonempty.any():
+        return out
+    score = _score(byte_segment)
+    text_score = np.where(_WHITESPACE[np.frombuffer(data, dtype=np.uint8)], -1, score)
+    first_byte = (np.cumsum(lengths) - lengths)[nonempty]
+    best_text = np.maximum.reduceat(text_score, first_byte)
+    best = np.where(best_text >= 0, best_text, np.maximum.reduceat(score, first_byte))
+    out[nonempty] = np.where(best < 1024, _EMPTY_THINK, best % 1024)
+    return out
 
 
 class SegmentTagger:
@@ -207,6 +273,7 @@ class SegmentTagger:
         tags = [(options.think_open, options.think_close, THINK, True)]
         tags += [(e.open_tag, e.close_tag, FIRST_EXTRA + i, False) for i, e in enumerate(options.extra_segments)]
         self._tags = [(o.encode("utf-8"), c.encode("utf-8"), seg, orphan) for o, c, seg, orphan in tags]
+        self.empty_think_blocks = 0  # empty think blocks left out of the loss so far (empty_think="ignore")
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, options: ScaleOptions) -> SegmentTagger:
@@ -278,11 +345,12 @@ class SegmentTagger:
             found = [(o, c, s, orphan) for o, c, s, orphan in self._tags if o in data or (orphan and c in data)]
             if not found:
                 continue
-            token_ends = np.cumsum(self.table.lengths[flat[start:end].numpy()])
-            token_starts = token_ends - self.table.lengths[flat[start:end].numpy()]
+            byte_segment = np.full(len(data), ANSWER, dtype=np.int64)
             for open_tag, close_tag, segment, orphan in found:
-                for a, b in _find_spans(data, open_tag, close_tag, orphan):
-                    first = int(np.searchsorted(token_ends, a, side="right"))
-                    last = int(np.searchsorted(token_starts, b, side="left"))
-                    seg[start + first : start + last] = segment
+                for span in _find_spans(data, open_tag, close_tag, orphan):
+                    empty = segment == THINK and span.empty and self.options.empty_think == "ignore"
+                    byte_segment[span.start : span.stop] = _EMPTY_THINK if empty else segment
+                    self.empty_think_blocks += int(empty)
+            run_segments = _token_segments(data, byte_segment, self.table.lengths[flat[start:end].numpy()])
+            seg[start:end] = np.where(run_segments == _EMPTY_THINK, IGNORED, run_segments)
         return segment_ids.view_as(targets)

@@ -6,7 +6,7 @@ rank), summing the per-micro-batch losses over accumulation steps and ranks give
 exactly the loss of the whole step in one batch, so gradients do not depend on how
 the step was split.
 
-normalization="sample" (METHOD.md default)
+normalization="sample" (the default, docs/concepts.md)
     L = sum_seg w_seg * (1 / N_seg) * sum_{samples s with seg} mean_{i in s, seg} ce_i
     w_i = w_seg / (N_seg * n_{s,seg})    N_seg: samples having seg in the step,
                                          n_{s,seg}: tokens of seg in sample s.

@@ -34,7 +34,7 @@ def stock_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def reference_scale_loss(logits, labels, segments: SegmentBatch, weights, normalization) -> torch.Tensor:
-    """Explicit loops over samples and segments: the definition in METHOD.md, nothing shared with the core."""
+    """Explicit loops over samples and segments: the definition in docs/concepts.md, nothing shared with the core."""
     targets = shift_targets(labels)
     ce = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1).clamp(min=0), reduction="none"

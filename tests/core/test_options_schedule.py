@@ -107,12 +107,19 @@ def test_schedules_endpoints_and_monotonic(schedule):
         assert math.isclose(think + answer, 1.0)
 
 
-def test_cosine_midpoint_and_resume_is_exact():
+def test_cosine_against_its_formula_first_and_last_step():
+    """Step k of max_steps trains at p = k / (max_steps - 1): the last optimizer step uses the end weight.
+    (A resumed run gets the same weights: tests/trl/test_trainer.py::test_resume_continues_the_schedule_exactly.)"""
     o = ScaleOptions()
-    assert math.isclose(answer_weight(50, 100, o), 0.5)
-    # a pure function of (step, max_steps): a resumed run gets exactly the same weights
-    assert [answer_weight(s, 37, o) for s in range(20, 37)] == [answer_weight(s, 37, o) for s in range(20, 37)]
-    assert answer_weight(500, 100, o) == answer_weight(100, 100, o)
+    # 10 optimizer steps, global_step 0..9: the first at 0.1, the last at exactly 0.9 (not 0.880)
+    got = [answer_weight(k, 10, o) for k in range(10)]
+    expected = [0.9 - 0.8 * 0.5 * (1 + math.cos(math.pi * k / 9)) for k in range(10)]
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got[0] == pytest.approx(0.1) and got[-1] == pytest.approx(0.9)
+    assert answer_weight(9, 10, ScaleOptions(schedule="linear")) == pytest.approx(0.9)
+    assert math.isclose(answer_weight(50, 101, o), 0.5)
+    assert answer_weight(500, 100, o) == pytest.approx(0.9)  # past the end: clamped
+    assert answer_weight(0, 1, o) == pytest.approx(0.9)  # a one-step run is its last step
 
 
 def test_step_schedule_and_bad_max_steps():

@@ -73,6 +73,9 @@ class Encoded:
     ids: list[int]
     offsets: list[tuple[int, int]]
     supervised: list[bool]
+    # characters the tokenizer's vocabulary writes as spaces: SentencePiece's U+2581 is one, so a literal U+2581
+    # in the text is a space to anything that reads the vocabulary
+    whitespace: str = " \t\n\r\x0b\x0c"
 
     @property
     def labels(self) -> list[int]:
@@ -82,7 +85,10 @@ class Encoded:
         return [i if s else ignore_index for i, s in zip(self.ids, self.supervised)]
 
     def truncated(self, n: int) -> Encoded:
-        return Encoded(self.text, self.ids[:n], self.offsets[:n], self.supervised[:n])
+        return Encoded(self.text, self.ids[:n], self.offsets[:n], self.supervised[:n], self.whitespace)
+
+    def with_mask(self, supervised: list[bool]) -> Encoded:
+        return Encoded(self.text, self.ids, self.offsets, supervised, self.whitespace)
 
 
 def encode_parts(tok, parts: list[tuple[str, bool]]) -> Encoded:
@@ -97,7 +103,8 @@ def encode_parts(tok, parts: list[tuple[str, bool]]) -> Encoded:
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     supervised = [any(s < b and e > a for a, b in ranges) for s, e in offsets]
-    return Encoded(text, list(enc["input_ids"]), offsets, supervised)
+    spm = any("\u2581" in t for t in tok.convert_ids_to_tokens(tok("a b", add_special_tokens=False)["input_ids"]))
+    return Encoded(text, list(enc["input_ids"]), offsets, supervised, ASCII_WHITESPACE + "\u2581" * spm)
 
 
 def chat_parts(messages: list[dict], prompt_suffix: str = "") -> list[tuple[str, bool]]:
@@ -119,11 +126,20 @@ def chat_parts(messages: list[dict], prompt_suffix: str = "") -> list[tuple[str,
     return parts
 
 
-def _char_spans(s: str, open_tag: str, close_tag: str, orphan_close: bool) -> list[tuple[int | None, int | None]]:
+ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
+EMPTY = -1  # characters of an empty think block (left out with empty_think="ignore")
+# A token holding characters of several segments takes the highest: answer, an extra segment (2), think, empty.
+PRIORITY = {ANSWER: 3, THINK: 1, EMPTY: 0}
+
+
+def _char_spans(
+    s: str, open_tag: str, close_tag: str, orphan_close: bool, whitespace: str = ASCII_WHITESPACE
+) -> list[tuple[int | None, int | None, bool]]:
     """A character-by-character state machine over one supervised run's text.
 
-    ``None`` as a start / end means "the start / end of the run" (orphan closer / no closer)."""
-    spans: list[tuple[int | None, int | None]] = []
+    ``None`` as a start / end means "the start / end of the run" (orphan closer / no closer); the flag says
+    whether only whitespace lies between the tags."""
+    spans: list[tuple[int | None, int | None, bool]] = []
     inside, start, i = False, 0, 0
     last_end: int | None = None
     while i < len(s):
@@ -131,18 +147,23 @@ def _char_spans(s: str, open_tag: str, close_tag: str, orphan_close: bool) -> li
             inside, start = True, i
             i += len(open_tag)
         elif s.startswith(close_tag, i) and (inside or orphan_close):
-            spans.append((start if inside else last_end, i + len(close_tag)))
+            content = s[start + len(open_tag) : i] if inside else s[last_end or 0 : i]
+            spans.append((start if inside else last_end, i + len(close_tag), not content.strip(whitespace)))
             inside = False
             i = last_end = i + len(close_tag)
         else:
             i += 1
     if inside:
-        spans.append((start, None))
+        spans.append((start, None, not s[start + len(open_tag) :].strip(whitespace)))
     return spans
 
 
 def reference_segments(
-    text: str, offsets: list[tuple[int, int]], supervised: list[bool], options: ScaleOptions
+    text: str,
+    offsets: list[tuple[int, int]],
+    supervised: list[bool],
+    options: ScaleOptions,
+    whitespace: str = ASCII_WHITESPACE,
 ) -> list[int]:
     """Segment id per token of one sample, from character offsets only."""
     seg = [ANSWER if s else IGNORED for s in supervised]
@@ -162,13 +183,27 @@ def reference_segments(
         lo_whole = max(lo, offsets[i - 1][1]) if i > 0 else lo
         hi_whole = min(hi, offsets[j][0]) if j < len(seg) else hi
         run = text[lo_whole:hi_whole]
+        char_seg = [ANSWER] * len(run)  # segment of each character of the run, then each token by its characters
+        before = after = ANSWER  # segment of the bytes of a character cut at the run's start / end
         for open_tag, close_tag, segment, orphan in tags:
-            for a, b in _char_spans(run, open_tag, close_tag, orphan):
-                a = lo if a is None else lo_whole + a
-                b = hi if b is None else lo_whole + b
-                for t in range(i, j):
-                    if offsets[t][0] < b and offsets[t][1] > a:
-                        seg[t] = segment
+            for a, b, empty in _char_spans(run, open_tag, close_tag, orphan, whitespace):
+                # the bytes of a character cut at the run's edge are content too
+                empty = empty and not (a is None and lo < lo_whole) and not (b is None and hi > hi_whole)
+                ignored = segment == THINK and empty and options.empty_think == "ignore"
+                value = EMPTY if ignored else segment
+                before = value if a is None else before
+                after = value if b is None else after
+                a = 0 if a is None else a
+                b = len(run) if b is None else b
+                char_seg[a:b] = [value] * (b - a)
+        for t in range(i, j):
+            chars = range(max(offsets[t][0], lo_whole) - lo_whole, min(offsets[t][1], hi_whole) - lo_whole)
+            votes = [char_seg[c] for c in chars if run[c] not in whitespace]
+            votes += [before] * (offsets[t][0] < lo_whole) + [after] * (offsets[t][1] > hi_whole)
+            voters = set(votes) or {char_seg[c] for c in chars}
+            if voters:
+                best = max(voters, key=lambda k: (PRIORITY.get(k, 2), k))
+                seg[t] = IGNORED if best == EMPTY else best
         i = j
     return seg
 
@@ -180,7 +215,7 @@ def tagger_segments(table: TokenTable, options: ScaleOptions, enc: Encoded) -> l
 
 
 def check(table: TokenTable, options: ScaleOptions, enc: Encoded) -> list[int]:
-    expected = reference_segments(enc.text, enc.offsets, enc.supervised, options)
+    expected = reference_segments(enc.text, enc.offsets, enc.supervised, options, enc.whitespace)
     got = tagger_segments(table, options, enc)
     assert got == expected, _explain(enc, got, expected)
     return got
@@ -275,7 +310,7 @@ def test_from_tokenizer_and_template_mask(tok) -> None:
     assert [bool(m) for m in out["assistant_masks"]] == enc.supervised
     tagger = SegmentTagger.from_tokenizer(tok, OPTS)
     got = tagger.tag(torch.tensor([enc.labels]), shift=False).segment_ids[0].tolist()
-    assert got == reference_segments(enc.text, enc.offsets, enc.supervised, OPTS)
+    assert got == reference_segments(enc.text, enc.offsets, enc.supervised, OPTS, enc.whitespace)
     assert text_of(enc, got, THINK).startswith("<think>\n2 plus 2 is 4.\n</think>")
     assert text_of(enc, got, ANSWER).endswith("answer>4</answer><|im_end|>")
 
@@ -287,7 +322,8 @@ def test_plain_think_answer(tok, table: TokenTable) -> None:
     messages = [SYSTEM, user("Which is larger, 3 or 5?"), assistant("<think>5 > 3, so 5.</think><answer>5</answer>")]
     enc = encode_parts(tok, chat_parts(messages))
     seg = check(table, OPTS, enc)
-    assert text_of(enc, seg, THINK) in ("<think>5 > 3, so 5.</think>", "<think>5 > 3, so 5.</think><")
+    assert text_of(enc, seg, THINK).startswith("<think>5 > 3, so 5.</think")
+    assert text_of(enc, seg, ANSWER).startswith(("<answer>", "><answer>"))  # '><' (Qwen2.5 BPE) opens the answer
     assert text_of(enc, seg, ANSWER).endswith("answer>5</answer><|im_end|>")
 
 
@@ -299,7 +335,7 @@ def test_plain_think_answer(tok, table: TokenTable) -> None:
         "<think>So foo.</think>The answer is <answer>C</answer>.",
         "Sure!<think>hmm...</think>Thus:<answer>7</answer>",
         " <think> spaced </think> <answer> 9 </answer> ",
-        "<think></think><answer>empty think</answer>",
+        "<think>.</think><answer>nearly empty think</answer>",
         "<think>a</think>b<think>c</think>d",
     ],
 )
@@ -309,16 +345,17 @@ def test_tags_merging_with_neighbours(tok, table: TokenTable, content: str) -> N
     assert THINK in seg and ANSWER in seg
     # Every think token's text lies between an opener start and a closer end (character view).
     think_text = text_of(enc, seg, THINK)
-    assert think_text.count("<think>") == think_text.count("</think>") == content.count("<think>")
+    # (a '<' or '>' of a tag glued to answer text goes with the answer, so count the tag words)
+    assert think_text.count("think") == 2 * content.count("<think>")
 
 
 @pytest.mark.parametrize(
     ("content", "think", "not_think"),
     [
-        ("a</think>b</think>c<answer>1</answer>", "b</think>", "answer>1"),
+        ("a</think>b</think>c<answer>1</answer>", "b</think", "answer>1"),
         # A stray closer after a complete block: think from the end of that block, not from the run start.
-        ("Y<think>a</think>X</think>Z<answer>1</answer>", "X</think>", "Y"),
-        ("<think>a<think>b</think>c</think><answer>2</answer>", "a<think>b</think>c</think>", "answer>2"),
+        ("Y<think>a</think>X</think>Z<answer>1</answer>", "X</think", "Y"),
+        ("<think>a<think>b</think>c</think><answer>2</answer>", "a<think>b</think>c</think", "answer>2"),
     ],
 )
 def test_stray_and_nested_tags(tok, table: TokenTable, content: str, think: str, not_think: str) -> None:
@@ -343,9 +380,9 @@ def test_multi_turn_each_turn_its_own_run(tok, table: TokenTable) -> None:
     enc = encode_parts(tok, chat_parts(messages))
     seg = check(table, OPTS, enc)
     think = text_of(enc, seg, THINK)
-    assert "<think>one plus one</think>" in think
+    assert "<think>one plus one</think" in think
     assert "<think>two plus two<|im_end|>" in think
-    assert "six</think>" in think
+    assert "six</think" in think
     assert "done" not in think and "Last" not in think
 
 
@@ -433,7 +470,7 @@ def test_run_starting_inside_a_character(tok, table: TokenTable) -> None:
     enc = encode_parts(tok, chat_parts([user("q"), assistant("🙂🚀 中 think</think>ü<think>é")]))
     first = enc.supervised.index(True)
     for k in range(first, first + 6):
-        sub = Encoded(enc.text, enc.ids, enc.offsets, [s and t >= k for t, s in enumerate(enc.supervised)])
+        sub = enc.with_mask([s and t >= k for t, s in enumerate(enc.supervised)])
         check(table, OPTS, sub)
 
 
@@ -467,7 +504,7 @@ def test_custom_tags(tok, table: TokenTable, options: ScaleOptions) -> None:
 def _pack(samples: list[Encoded], options: ScaleOptions, table: TokenTable) -> None:
     labels = [x for s in samples for x in s.labels_with(options.ignore_index)]
     position_ids = [p for s in samples for p in range(len(s.ids))]
-    expected = [k for s in samples for k in reference_segments(s.text, s.offsets, s.supervised, options)]
+    expected = [k for s in samples for k in reference_segments(s.text, s.offsets, s.supervised, options, s.whitespace)]
     expected_samples = [i for i, s in enumerate(samples) for _ in s.ids]
     tagger = SegmentTagger(table, options)
     batch = tagger.tag(torch.tensor([labels]), position_ids=torch.tensor([position_ids]), shift=False)
@@ -510,7 +547,7 @@ def test_batch_rows_are_separate_samples(tok, table: TokenTable) -> None:
     labels[1, : len(b.ids)] = torch.tensor(b.labels)
     batch = SegmentTagger(table, OPTS).tag(labels, shift=False)
     for row, s in enumerate((a, b)):
-        expected = reference_segments(s.text, s.offsets, s.supervised, OPTS)
+        expected = reference_segments(s.text, s.offsets, s.supervised, OPTS, s.whitespace)
         assert batch.segment_ids[row, : len(s.ids)].tolist() == expected
         assert batch.segment_ids[row, len(s.ids) :].eq(IGNORED).all()
         assert batch.sample_ids[row].eq(row).all()
@@ -543,7 +580,7 @@ def test_ids_beyond_the_tokenizer(tok, tables: dict, name: str) -> None:
     enc = encode_parts(tok, chat_parts([user("q"), assistant("<think>a</think><answer>b</answer>")]))
     labels = enc.labels + [len(table) + 5]
     seg = SegmentTagger(table, OPTS).tag(torch.tensor([labels]), shift=False).segment_ids[0].tolist()
-    assert seg[:-1] == reference_segments(enc.text, enc.offsets, enc.supervised, OPTS)
+    assert seg[:-1] == reference_segments(enc.text, enc.offsets, enc.supervised, OPTS, enc.whitespace)
     assert seg[-1] == ANSWER
     assert len(table) == len(tables[name]) + 6
 
@@ -621,9 +658,141 @@ def test_property_tagger_equals_reference(tokenizers: dict, tables: dict, case) 
             if n_prefix == 0:  # the plain assistant mask
                 mask = enc.supervised
             sup = [m and t >= n_prefix for t, m in enumerate(mask)]
-            samples.append(Encoded(enc.text, enc.ids, enc.offsets, sup))
+            samples.append(enc.with_mask(sup))
         for options in (OPTS, OPTS_EXTRA, OPTS_KIMI):
             for s in samples:
                 check(table, options, s)
             if samples:
                 _pack(samples, options, table)
+
+
+# --------------------------------------------------------------------------- answer text glued to a tag
+
+
+@pytest.mark.parametrize("letter", ["A", "B", "C", "D"])
+def test_multiple_choice_letter_glued_to_the_closer_is_answer(tok, table: TokenTable, name: str, letter: str) -> None:
+    """Qwen2.5's BPE reads '...</think>B<|im_end|>' as '.</' 'think' '>B': the letter, the whole answer of a
+    multiple-choice sample, must be trained as answer, not as think."""
+    content = f"<think>Option {letter} fits the facts.</think>{letter}"
+    enc = encode_parts(tok, chat_parts([user("Which option? A, B, C or D."), assistant(content)]))
+    if name == "qwen25":
+        pieces = tok.convert_ids_to_tokens(enc.ids)
+        assert f">{letter}" in pieces, pieces  # the merge this test is about
+    seg = check(table, OPTS, enc)
+    assert letter in text_of(enc, seg, ANSWER)
+    assert text_of(enc, seg, ANSWER).endswith(f"{letter}<|im_end|>")
+    assert text_of(enc, seg, THINK).startswith("<think>Option")
+    glued = [t for t, (s, e) in enumerate(enc.offsets) if enc.text[s:e].endswith(letter) and enc.supervised[t]]
+    assert seg[glued[-1]] == ANSWER
+
+
+def test_answer_opener_glued_to_the_closer_is_answer(tok, table: TokenTable) -> None:
+    enc = encode_parts(tok, chat_parts([user("q"), assistant("<think>so 5.</think><answer>5</answer>")]))
+    seg = check(table, OPTS, enc)
+    answer = text_of(enc, seg, ANSWER)
+    assert answer.startswith(("<answer>", "><answer>")), answer
+    assert "<" not in text_of(enc, seg, THINK).removeprefix("<think>").replace("</think", "")
+
+
+# --------------------------------------------------------------------------- empty think blocks
+
+
+EMPTY_BLOCKS = ["<think>\n\n</think>\n\n", "<think></think>", "<think> \t </think>\n"]
+
+
+@pytest.mark.parametrize("block", EMPTY_BLOCKS)
+def test_empty_think_block_is_ignored_by_default(tok, table: TokenTable, block: str) -> None:
+    enc = encode_parts(tok, chat_parts([user("Hi"), assistant(block + "Hello! How can I help?")]))
+    tagger = SegmentTagger(table, OPTS)
+    seg = tagger.tag(torch.tensor([enc.labels]), shift=False).segment_ids[0].tolist()
+    assert seg == reference_segments(enc.text, enc.offsets, enc.supervised, OPTS, enc.whitespace)
+    assert THINK not in seg
+    assert tagger.empty_think_blocks == 1
+    assert text_of(enc, seg, ANSWER).startswith(("Hello", ">Hello", "\nHello", ">\n\nHello", "\n\nHello"))
+    assert "think" not in text_of(enc, seg, ANSWER)
+    # the tokens of the empty block are supervised but in no segment
+    left_out = [t for t, (k, sup) in enumerate(zip(seg, enc.supervised)) if sup and k == IGNORED]
+    assert left_out and "think" in "".join(enc.text[slice(*enc.offsets[t])] for t in left_out)
+
+    keep = ScaleOptions(empty_think="think")
+    seg_think = check(table, keep, enc)
+    assert "<think>" in text_of(enc, seg_think, THINK) or "think" in text_of(enc, seg_think, THINK)
+    assert IGNORED not in [k for k, sup in zip(seg_think, enc.supervised) if sup]
+
+
+def test_empty_think_in_mixed_data(tok, table: TokenTable) -> None:
+    """Qwen3-style data: traces mixed with empty blocks. Under 'ignore' only real traces are think samples."""
+    traced = encode_parts(tok, chat_parts([user("2+2?"), assistant("<think>\n2 and 2 make 4.\n</think>\n\n4")]))
+    empty = encode_parts(tok, chat_parts([user("Hi"), assistant("<think>\n\n</think>\n\nHello!")]))
+    tagger = SegmentTagger(table, OPTS)
+    for options, think_samples in ((OPTS, 1), (ScaleOptions(empty_think="think"), 2)):
+        tagger = SegmentTagger(table, options)
+        width = max(len(traced.ids), len(empty.ids))
+        labels = torch.full((2, width), IGNORE)
+        labels[0, : len(traced.ids)] = torch.tensor(traced.labels)
+        labels[1, : len(empty.ids)] = torch.tensor(empty.labels)
+        batch = tagger.tag(labels, shift=False)
+        has_think = [(batch.segment_ids[row] == THINK).any().item() for row in range(2)]
+        assert sum(has_think) == think_samples
+        assert has_think[0]
+        assert (batch.segment_ids[1] == ANSWER).any()
+
+
+def test_nearly_empty_think_is_not_empty(tok, table: TokenTable) -> None:
+    enc = encode_parts(tok, chat_parts([user("Hi"), assistant("<think>.</think>Hello")]))
+    tagger = SegmentTagger(table, OPTS)
+    seg = tagger.tag(torch.tensor([enc.labels]), shift=False).segment_ids[0].tolist()
+    assert THINK in seg and tagger.empty_think_blocks == 0
+
+
+# --------------------------------------------------------------------------- multimodal RoPE position ids
+
+
+def _mrope(starts_with_image: list[bool], lengths: list[int], image_tokens: int = 4) -> torch.Tensor:
+    """[3, 1, T] M-RoPE ids of packed samples as Qwen2-VL's get_rope_index makes them: text positions count up
+    in all three planes; an image keeps one temporal position and spreads over height / width."""
+    planes: list[list[int]] = [[], [], []]
+    for image_first, length in zip(starts_with_image, lengths):
+        pos = 0
+        if image_first:
+            for k in range(image_tokens):
+                planes[0].append(0)
+                planes[1].append(k // 2)
+                planes[2].append(k % 2)
+            pos = 2
+        for _ in range(length - (image_tokens if image_first else 0)):
+            for plane in planes:
+                plane.append(pos)
+            pos += 1
+    return torch.tensor(planes).unsqueeze(1)
+
+
+def test_sample_ids_from_mrope_position_ids() -> None:
+    from scale_plugins.core import sample_ids_from
+
+    lengths = [7, 9, 6]
+    three = _mrope([True, False, True], lengths)
+    expected = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths)).unsqueeze(0)
+    assert torch.equal(sample_ids_from((1, sum(lengths)), three), expected)
+    # [4, B, T]: the text positions first (transformers' Qwen2-VL), then the three M-RoPE planes
+    text = torch.cat([torch.arange(n) for n in lengths]).view(1, 1, -1)
+    assert torch.equal(sample_ids_from((1, sum(lengths)), torch.cat([text, three])), expected)
+    # padded batch of two rows, [3, 2, T]
+    batch = torch.cat([_mrope([True], [10]), _mrope([False], [10])], dim=1)
+    assert torch.equal(sample_ids_from((2, 10), batch), torch.tensor([[0] * 10, [1] * 10]))
+    with pytest.raises(ValueError, match="position_ids of shape"):
+        sample_ids_from((2, 10), torch.zeros(5, 2, 10, dtype=torch.long))
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_tag_with_mrope_position_ids(tok, table: TokenTable, batch_size: int) -> None:
+    """LLaMA-Factory's Qwen2-VL collator passes [3, B, T] position ids; the tags must equal the 2-D ones."""
+    enc = encode_parts(tok, chat_parts([user("q"), assistant("<think>a b c</think><answer>1</answer>")]))
+    labels = torch.tensor([enc.labels] * batch_size)
+    positions = torch.arange(len(enc.ids)).expand(batch_size, -1)
+    plain = SegmentTagger(table, OPTS).tag(labels, positions)
+    for planes in (3, 4):
+        mrope = SegmentTagger(table, OPTS).tag(labels, positions.unsqueeze(0).expand(planes, -1, -1))
+        assert torch.equal(mrope.segment_ids, plain.segment_ids)
+        assert torch.equal(mrope.sample_ids, plain.sample_ids)
+        assert mrope.num_samples == batch_size
