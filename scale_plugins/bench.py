@@ -31,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     p.add_argument("--from-logits", action="store_true", help="time the loss only, from given logits (no LM head)")
+    p.add_argument(
+        "--fused",
+        action="store_true",
+        help="SCALe arm: the fused head (core.fused_linear_weighted_ce from hidden states, no logits) instead of"
+        " the chunked CE over the head's logits",
+    )
     p.add_argument("--tagging-tokens", type=int, default=1_000_000, help="tokens to tag for the throughput number")
     p.add_argument("--skip-loss", action="store_true")
     p.add_argument(
@@ -57,6 +63,7 @@ def _arm(kind: str, args: dict[str, Any], hidden: int) -> dict[str, float]:
         SegmentTagger,
         StepCounts,
         TokenTable,
+        fused_linear_weighted_ce,
         scale_loss_from_logits,
         segment_weights,
         token_weights,
@@ -84,8 +91,12 @@ def _arm(kind: str, args: dict[str, Any], hidden: int) -> dict[str, float]:
     if kind == "stock":
         from transformers.loss.loss_utils import ForCausalLMLoss
 
+    fused = kind == "scale" and args.get("fused") and head is not None
+
     def step() -> None:
-        if head is not None:
+        if fused:
+            leaves = [hidden_states, head]
+        elif head is not None:
             logits = hidden_states @ head.T
             leaves = [hidden_states, head]
         else:
@@ -99,7 +110,10 @@ def _arm(kind: str, args: dict[str, Any], hidden: int) -> dict[str, float]:
             counts.add(segments)
             weights = token_weights(segments, segment_weights(10, 100, options), counts.counts, options.normalization)
             targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], 1).to(device)
-            loss, _ = scale_loss_from_logits(logits, targets, weights)
+            if fused:
+                loss = fused_linear_weighted_ce(hidden_states, head, targets, weights.loss).loss
+            else:
+                loss, _ = scale_loss_from_logits(logits, targets, weights)
         torch.autograd.grad(loss, leaves)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -194,7 +208,9 @@ def main(ns: argparse.Namespace) -> int:
     args.pop("func", None)
     print(
         f"device={args['device']} dtype={args['dtype']} vocab={args['vocab']} batch={args['batch']} seq={args['seq']}"
-        f" {'loss only (from logits)' if args['from_logits'] else 'LM head + loss'}; median of {args['repeats']} runs"
+        f" {'loss only (from logits)' if args['from_logits'] else 'LM head + loss'}"
+        f"{'; SCALe arm: fused head (no logits)' if args['fused'] and not args['from_logits'] else ''};"
+        f" median of {args['repeats']} runs"
     )
     if not args["skip_loss"]:
         print(
