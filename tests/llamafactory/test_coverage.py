@@ -120,20 +120,45 @@ def test_qwen3_template_tags_the_think_traces(qwen3, patched, tmp_path):
 def test_qwen3_answers_without_think_get_an_empty_think_block(qwen3, patched, tmp_path):
     """LLaMA-Factory's ``ReasoningTemplate`` (``qwen3``) with ``enable_thinking: true`` prepends
     ``<think>\\n\\n</think>\\n\\n`` to the *supervised* response of every answer that has no think block
-    (``encode_oneturn``: "add empty cot ... do compute loss"). SCALe then sees a think segment in every sample:
-    the tags and the whitespace between them. Qwen3's tokenizer encodes the block as 4 tokens
-    ``[<think>, "\\n\\n", </think>, "\\n\\n"]``; SCALe counts the tags as think, so 3 think tokens per sample
-    (the trailing "\\n\\n" is answer), a think loss on them, and the step is not "without think". With ``enable_thinking: false`` the same empty block goes to the *prompt* (no loss), so
-    the labels hold no think token at all: think_tokens == 0 and the step counts in ``scale/steps_without_think``
-    (the answer segment alone trains)."""
-    empty = _qwen3_run(qwen3, tmp_path / "on", "plain", enable_thinking=True)
-    _assert_scale_ran(empty, 1)
-    assert empty[0]["scale/think_tokens"] == 3 * 2  # 2 samples x (<think>, "\n\n", </think>)
+    (``encode_oneturn``: "add empty cot ... do compute loss"). Qwen3's tokenizer encodes it as 4 tokens
+    ``[<think>, "\\n\\n", </think>, "\\n\\n"]``. With ``scale_empty_think: think`` SCALe trains the tags and the
+    whitespace between them as think (3 tokens per sample; the trailing "\\n\\n" is answer). With the default
+    ``ignore`` those 3 tokens are in no segment: no think tokens, the same answer tokens, and the step has no think.
+    With ``enable_thinking: false`` the same empty block goes to the *prompt* (no loss): think_tokens == 0 and the
+    step counts in ``scale/steps_without_think`` (the answer segment alone trains)."""
+    trained = _qwen3_run(qwen3, tmp_path / "think", "plain", enable_thinking=True, scale_empty_think="think")
+    _assert_scale_ran(trained, 1)
+    assert trained[0]["scale/think_tokens"] == 3 * 2  # 2 samples x (<think>, "\n\n", </think>)
+
+    ignored = _qwen3_run(qwen3, tmp_path / "ignore", "plain", enable_thinking=True, scale_on_missing_think="ignore")
+    _assert_scale_ran(ignored, 1, think=False)
+    assert ignored[0]["scale/think_tokens"] == 0
+    assert ignored[0]["scale/answer_tokens"] == trained[0]["scale/answer_tokens"]
 
     off = _qwen3_run(qwen3, tmp_path / "off", "plain", enable_thinking=False, scale_on_missing_think="warn")
     _assert_scale_ran(off, 1, think=False)
     assert off[0]["scale/think_tokens"] == 0
     assert off[0]["scale/steps_without_think"] == 1
+    assert off[0]["scale/answer_tokens"] == trained[0]["scale/answer_tokens"] - 2  # the "\n\n" after </think>
+
+
+def test_qwen3_mixed_data_leaves_only_the_empty_think_blocks_out(qwen3, patched, tmp_path):
+    """Mixed data (answers with a trace and answers without) under ``qwen3`` with ``enable_thinking: true``: the
+    empty blocks LLaMA-Factory adds are in no segment with ``scale_empty_think: ignore`` (the default), and think
+    with ``think``; the real traces are think either way, and the answers are the same."""
+    runs = {}
+    for policy in ("ignore", "think"):
+        runs[policy] = _qwen3_run(
+            qwen3, tmp_path / policy, "think,plain", enable_thinking=True, scale_empty_think=policy,
+            per_device_train_batch_size=16, mix_strategy="concat",
+        )[0]  # fmt: skip
+    rows = 8  # answers without a trace in the step (the "plain" half): one empty block each
+    assert runs["think"]["scale/think_tokens"] - runs["ignore"]["scale/think_tokens"] == 3 * rows
+    assert runs["ignore"]["scale/think_tokens"] > 10 * rows  # the real traces
+    assert runs["ignore"]["scale/answer_tokens"] == runs["think"]["scale/answer_tokens"]
+    for policy in ("ignore", "think"):
+        assert math.isfinite(runs[policy]["loss"]) and runs[policy]["scale/think_tokens"] > 0
+    assert abs(runs["think"]["scale/think_loss"] - runs["ignore"]["scale/think_loss"]) > 1e-6
 
 
 def test_qwen3_thinking_disabled_removes_only_qwen3_layout_traces(qwen3, patched, tmp_path):
