@@ -11,6 +11,7 @@ from .loss import (
     scale_loss_from_ce,
     scale_loss_from_log_probs,
     scale_loss_from_logits,
+    segment_sums,
     shift_targets,
 )
 from .options import ExtraSegment, ScaleConfigError, ScaleOptions, option_fields
@@ -43,6 +44,7 @@ __all__ = [
     "scale_loss_from_ce",
     "scale_loss_from_log_probs",
     "scale_loss_from_logits",
+    "segment_sums",
     "segment_weights",
     "shift_targets",
     "token_weights",

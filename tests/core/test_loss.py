@@ -13,6 +13,7 @@ from scale_plugins.core import (
     ScaleOptions,
     SegmentBatch,
     StepCounts,
+    TokenWeights,
     components,
     local_counts,
     scale_loss_from_log_probs,
@@ -185,19 +186,138 @@ def test_components_sum_to_segment_losses():
     assert parts.segment_tokens.sum().item() == (segs.segment_ids > 0).sum().item()
 
 
+def _saved_by_autograd(fn):
+    """Run ``fn`` and return (result, the tensors autograd saves for backward)."""
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, saved
+
+
 def test_no_float32_copy_of_bf16_logits_is_kept():
-    """bf16 logits: the loss is computed in float32 chunks, the gradient comes back in bf16."""
+    """bf16 logits: autograd keeps one [N, V] buffer, in bf16 (the gradient), never a float32 copy of the logits;
+    the loss comes back in float32 and equals the stock loss computed in float32."""
     options = ScaleOptions()
     ids, labels = pad_batch(batch_of(4, seed=8))
-    logits = torch.randn(*ids.shape, 64, dtype=torch.bfloat16, requires_grad=True)
-    labels = labels.clamp(max=63)
+    vocab = 64
+    logits = torch.randn(*ids.shape, vocab, dtype=torch.bfloat16, requires_grad=True)
+    labels = labels.clamp(max=vocab - 1)
     segs = tagger_for(options).tag(labels)
     tw = token_weights(segs, (0.5, 0.5), local_counts(segs, 2), "token")
-    loss, _ = scale_loss_from_logits(logits, shift_targets(labels), tw, chunk_rows=3)
+    (loss, _), saved = _saved_by_autograd(
+        lambda: scale_loss_from_logits(logits, shift_targets(labels), tw, chunk_rows=3)
+    )
+    big = [t for t in saved if t.numel() >= logits.numel()]
+    assert [t.dtype for t in big] == [torch.bfloat16]
     (g,) = torch.autograd.grad(loss, logits)
     assert g.dtype == torch.bfloat16
+    assert loss.dtype == torch.float32  # not rounded to bf16 (15.6875 for 15.6846)
     ref = stock_loss(logits.float(), labels)
-    assert torch.allclose(loss.float(), ref, atol=2e-2)
+    assert torch.allclose(loss, ref, rtol=1e-5)
+
+
+def _fp16_case(vocab: int = 32000, rows: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(rows, vocab, generator=g) * 2).half()
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    w = torch.full((rows,), 0.9 / (64 * 500))  # an answer token's sample-normalized weight
+    return logits, targets, w
+
+
+def _reference_grad(logits: torch.Tensor, targets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    x = logits.double().requires_grad_()
+    (F.cross_entropy(x, targets, reduction="none") * w.double()).sum().backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("loss_scale", [1.0, 2.0**16])
+def test_fp16_gradient_is_as_accurate_as_stock_under_a_loss_scale(loss_scale):
+    """fp16 logits, a GradScaler-style loss scale (2**16 is GradScaler's and DeepSpeed's initial scale): SCALe's
+    gradient is finite and as accurate as the stock loss's (float32 upcast + cross_entropy)."""
+    from scale_plugins.core.loss import _WeightedChunkedCE
+
+    logits, targets, w = _fp16_case()
+    ref = _reference_grad(logits, targets, w)
+
+    x = logits.clone().requires_grad_()
+    loss, _ = _WeightedChunkedCE.apply(x, targets, w, 16)
+    assert loss.dtype == torch.float32
+    (loss * loss_scale).backward()
+    ours = x.grad.double() / loss_scale
+
+    y = logits.clone().requires_grad_()
+    ((F.cross_entropy(y.float(), targets, reduction="none") * w).sum() * loss_scale).backward()
+    stock = y.grad.double() / loss_scale
+
+    assert torch.isfinite(x.grad).all()
+    err = ((ours - ref).norm() / ref.norm()).item()
+    stock_err = ((stock - ref).norm() / ref.norm()).item()
+    assert err <= 1.5 * stock_err + 1e-6, (err, stock_err)
+    assert (x.grad == 0).float().mean() <= (y.grad == 0).float().mean() + 1e-3
+
+
+def test_fp16_under_deepspeed_dynamic_loss_scaling():
+    """The same through DeepSpeed's fp16 dynamic loss scaler (initial scale 2**16), as `fp16: auto` configures."""
+    loss_scaler = pytest.importorskip("deepspeed.runtime.fp16.loss_scaler")
+    from scale_plugins.core.loss import _WeightedChunkedCE
+
+    # DeepSpeed's fp16 defaults: initial_scale_power 16, loss_scale_window 1000, hysteresis 2, min_loss_scale 1
+    scaler = loss_scaler.DynamicLossScaler(
+        init_scale=2**16, scale_window=1000, min_scale=1, delayed_shift=2, consecutive_hysteresis=False
+    )
+    logits, targets, w = _fp16_case(seed=1)
+    x = logits.clone().requires_grad_()
+    loss, _ = _WeightedChunkedCE.apply(x, targets, w, 2048)
+    scaler.backward(loss)  # (loss * loss_scale).backward(), as DeepSpeed's fp16 engine does
+    assert scaler.loss_scale == 2**16
+    assert torch.isfinite(x.grad).all()  # an overflow would make DeepSpeed skip the step and halve the scale
+    ref = _reference_grad(logits, targets, w)
+    ours = x.grad.double() / scaler.loss_scale
+    assert ((ours - ref).norm() / ref.norm()).item() < 1e-3
+
+
+def test_targets_outside_the_vocabulary_raise():
+    logits = torch.randn(1, 4, 8, requires_grad=True)
+    tw = TokenWeights(torch.ones(1, 4), torch.ones(1, 4))
+    for bad in (8, 1000, -5):
+        targets = torch.tensor([[1, bad, -100, 2]])
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            scale_loss_from_logits(logits, targets, tw)
+    with pytest.raises(IndexError):  # what stock cross-entropy does
+        F.cross_entropy(logits[0], torch.tensor([1, 8, -100, 2]))
+    loss, ce = scale_loss_from_logits(logits, torch.tensor([[1, 7, -100, 0]]), tw)  # in range and ignored: fine
+    assert torch.isfinite(loss) and ce[0, 2] == 0
+
+
+def test_segment_sums_give_batch_size_independent_means():
+    """Over a set split into batches of any size, summed segment_sums give the same token and sample means as the
+    whole set at once, and match an explicit loop."""
+    from scale_plugins.core import segment_sums
+
+    options = ScaleOptions()
+    samples = batch_of(6, seed=21)
+    ids, labels = pad_batch(samples)
+    segs = tagger_for(options).tag(labels)
+    ce = torch.rand(labels.shape, dtype=torch.float64)
+    whole = segment_sums(ce, segs, 2)
+    parts = sum(
+        segment_sums(ce[i : i + 2], SegmentBatch(segs.segment_ids[i : i + 2], segs.sample_ids[i : i + 2] - i, 2), 2)
+        for i in range(0, 6, 2)
+    )
+    assert torch.allclose(whole, parts)
+    for k, segment in enumerate((1, 2)):
+        means = [
+            ce[r][segs.segment_ids[r] == segment].mean().item()
+            for r in range(6)
+            if (segs.segment_ids[r] == segment).any()
+        ]
+        assert whole[k, 2] / whole[k, 3] == pytest.approx(sum(means) / len(means))
+        assert whole[k, 0] / whole[k, 1] == pytest.approx(ce[segs.segment_ids == segment].mean().item())
 
 
 @pytest.mark.parametrize("chunk_rows", [3, 2048])
