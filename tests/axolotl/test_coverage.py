@@ -8,7 +8,9 @@ Real Axolotl training (its Python API, what `axolotl train` calls; CPU, a few st
   by the template: SCALe finds the think tokens, exactly as many as with the trace inline in `content`;
 - `train_on_eos: turn | last | all`: the supervised EOS tokens count as answer tokens, so the answer count
   moves by exactly the number of EOS tokens each variant supervises, the think count does not move;
-- multimodal (tiny LLaVA, `processor_type`, image + text chat, no packing): SCALe tags the supervised text.
+- multimodal (tiny LLaVA, `processor_type`, image + text chat, no packing): SCALe tags the supervised text;
+- `scale_empty_think`: a mix of samples with a trace and samples with an empty `<think>\n\n</think>\n\n` before a
+  plain answer: with `ignore` the empty blocks' tokens count in no segment, with `think` they count as think.
 """
 
 from __future__ import annotations
@@ -202,6 +204,100 @@ def test_train_on_eos_counts_the_supervised_eos_as_answer(text_runs):
     assert every["scale/answer_tokens"] - turn["scale/answer_tokens"] == 2 * EOS_SAMPLES
     for a, b in ((turn, last), (every, turn)):
         assert a["tokens/trainable"] - b["tokens/trainable"] == a["scale/answer_tokens"] - b["scale/answer_tokens"]
+
+
+# -- scale_empty_think: samples with a trace mixed with samples whose think block is empty -------------------
+
+EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
+
+
+def empty_think_samples(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Plain answers behind an empty think block, as Qwen3 chat templates render non-thinking turns."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        answer = f"{EMPTY_THINK_BLOCK}<answer>{a + b}</answer>"
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Quick {i}: {a} + {b}?"},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
+    return rows
+
+
+TRACED, EMPTY = 4, 3
+
+
+@pytest.fixture(scope="module")
+def empty_think_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """First (only) optimizer step, all samples in one micro-batch, of: the traced samples alone, the empty-block
+    samples alone and the two mixed, each with `scale_empty_think: ignore` and `think`."""
+    workdir = tmp_path_factory.mktemp("empty_think")
+    traced, empty = cot_samples(TRACED, seed=5), empty_think_samples(EMPTY, seed=6)
+    mixed = [row for pair in zip(traced, empty) for row in pair] + traced[EMPTY:]
+    data = {
+        "traced": (write_jsonl(workdir / "traced.jsonl", traced), TRACED),
+        "empty": (write_jsonl(workdir / "empty.jsonl", empty), EMPTY),
+        "mixed": (write_jsonl(workdir / "mixed.jsonl", mixed), TRACED + EMPTY),
+    }
+    runs = {}
+    for name, (path, n) in data.items():
+        for policy in ("ignore", "think"):
+            if name == "traced" and policy == "think":
+                continue  # no empty block: the policy changes nothing
+            runs[f"{name}_{policy}"] = axolotl_config(
+                tiny_model_dir,
+                path,
+                workdir / f"{name}_{policy}",
+                micro_batch_size=n,
+                sequence_len=512,  # Axolotl drops longer samples silently: keep every one
+                **scale_keys(empty_think=policy),
+            )
+    results = run_many(runs, workdir)
+    steps = {}
+    for name, result in results.items():
+        assert result["trainer"] == "ScaleAxolotlTrainer", name
+        [step] = train_logs(result["log_history"])
+        steps[name] = step
+    return steps
+
+
+def segment_total(step: dict[str, Any]) -> float:
+    return step["scale/think_tokens"] + step["scale/answer_tokens"]
+
+
+def test_empty_think_ignore_leaves_the_empty_blocks_out_of_every_segment(empty_think_runs):
+    runs = empty_think_runs
+    traced, empty, mixed = runs["traced_ignore"], runs["empty_ignore"], runs["mixed_ignore"]
+    # the empty blocks count as think nowhere: the mixed step has exactly the traced samples' think tokens
+    assert empty["scale/think_tokens"] == 0
+    assert mixed["scale/think_tokens"] == traced["scale/think_tokens"] > 0
+    # and as answer nowhere: the answers of both kinds of samples, nothing more
+    assert mixed["scale/answer_tokens"] == traced["scale/answer_tokens"] + empty["scale/answer_tokens"]
+    # the same tokens are supervised with either policy; `ignore` leaves exactly the empty blocks' tokens uncounted
+    blocks = runs["empty_think"]["scale/think_tokens"]
+    assert EMPTY <= blocks <= 12 * EMPTY  # the tags and newlines of 3 blocks, not the answers
+    assert runs["empty_think"]["tokens/trainable"] == empty["tokens/trainable"]
+    assert segment_total(runs["empty_think"]) - segment_total(empty) == blocks
+    assert runs["mixed_think"]["tokens/trainable"] == mixed["tokens/trainable"]
+    assert segment_total(runs["mixed_think"]) - segment_total(mixed) == blocks
+    for step in (traced, empty, mixed):
+        assert math.isfinite(step["loss"])
+
+
+def test_empty_think_think_counts_the_empty_blocks_as_think(empty_think_runs):
+    runs = empty_think_runs
+    traced, empty, mixed = runs["traced_ignore"], runs["empty_think"], runs["mixed_think"]
+    assert empty["scale/think_tokens"] >= EMPTY
+    assert mixed["scale/think_tokens"] == traced["scale/think_tokens"] + empty["scale/think_tokens"]
+    assert mixed["scale/answer_tokens"] == runs["mixed_ignore"]["scale/answer_tokens"]
+    assert empty["scale/answer_tokens"] == runs["empty_ignore"]["scale/answer_tokens"]
+    # under sample normalization each empty block is a think sample of its own: the think loss changes
+    assert abs(mixed["scale/think_loss"] - runs["mixed_ignore"]["scale/think_loss"]) > 1e-4
 
 
 # -- multimodal: tiny LLaVA, image + text chats ------------------------------------------------------------

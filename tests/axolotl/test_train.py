@@ -125,6 +125,19 @@ def test_cli_train_without_the_plugin_stops_before_training(tiny_model_dir, tmp_
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_cli_train_with_misspelled_scale_keys_stops_before_training(tiny_model_dir, tmp_path):
+    """Axolotl would drop the misspelled keys and train with the defaults: the plugin's validation stops it."""
+    data = write_jsonl(tmp_path / "cot.jsonl", cot_samples(4))
+    keys = {**scale_keys(), "scale_schedul": "linear", "scale_answer_weight_ennd": 0.9}
+    result = axolotl_train(axolotl_config(tiny_model_dir, data, tmp_path, **keys), tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "scale_schedul: not a SCALe option; did you mean `scale_schedule`?" in output
+    assert "scale_answer_weight_ennd: not a SCALe option; did you mean `scale_answer_weight_end`?" in output
+    assert "Starting trainer" not in output
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
 # -- exactness: the first optimizer step on the same 4 samples -------------------------------------------
 
 
