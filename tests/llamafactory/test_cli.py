@@ -25,7 +25,7 @@ def test_train_command_trains_with_scale_and_logs_the_schedule(tiny, tmp_path):
     logs = step_logs(out)
     options = ScaleOptions(schedule="linear", answer_weight_start=0.2, answer_weight_end=0.6)
     expected = [answer_weight(step, 4, options) for step in range(4)]  # the weight used in step k+1
-    assert expected == pytest.approx([0.2, 0.3, 0.4, 0.5])
+    assert expected == pytest.approx([0.2, 0.2 + 0.4 / 3, 0.2 + 0.8 / 3, 0.6])  # p = step / (max_steps - 1)
     assert [entry["scale/answer_weight"] for entry in logs] == pytest.approx(expected)
     assert [entry["scale/think_weight"] for entry in logs] == pytest.approx([1 - w for w in expected])
     assert all(entry["scale/think_tokens"] > 0 and entry["scale/answer_tokens"] > 0 for entry in logs)
