@@ -133,11 +133,26 @@ def test_select_scale_preview_and_start(webui, tiny, tmp_path):
             _set_number(page, "Answer weight at start", 0.2)
             _set_number(page, "Answer weight at end", 0.6)
 
+            # an invalid setting: the pop-up shows the message with its tags (Gradio renders it as HTML)
+            _fill(page, "Extra segments", "p:<p>")
+            page.get_by_role("button", name="Preview command").click()
+            toast = page.locator(".toast-body", has_text="must look like").first
+            toast.wait_for(timeout=30_000)
+            assert "'p:<p>' must look like 'name:<open>:</close>" in toast.inner_text(), toast.inner_text()
+            for close in page.locator(".toast-close").all():
+                close.click()
+            _fill(page, "Extra segments", "")
+
             page.get_by_role("button", name="Preview command").click()
             preview = page.get_by_text("scale-llamafactory train")
             preview.wait_for(timeout=30_000)
             text = page.locator("pre", has_text="scale-llamafactory train").inner_text()
-            for line in ("--use_scale_loss True", "--scale_schedule linear", "--scale_answer_weight_start 0.2"):
+            for line in (
+                "--use_scale_loss True",
+                "--scale_schedule linear",
+                "--scale_answer_weight_start 0.2",
+                "--scale_think_open '<think>'",  # shell-quoted: pasted into bash, no redirection
+            ):
                 assert line in text, text
             assert "llamafactory-cli" not in text
             for close in page.locator(".toast-close").all():  # e.g. "non-instruct model" warnings
@@ -154,12 +169,26 @@ def test_select_scale_preview_and_start(webui, tiny, tmp_path):
                 shutil.copyfile(shot, DOCS_IMAGE)
 
             page.get_by_role("button", name="Start", exact=True).click()
+            # while it trains, the monitor shows the log (and the loss plot once there is a step)
+            page.get_by_text("'scale/think_loss'", exact=False).first.wait_for(timeout=240_000)
             page.get_by_text("Finished.", exact=False).first.wait_for(timeout=240_000)
+            shown = page.locator("pre", has_text="'scale/answer_weight'").first.inner_text()
+            page.screenshot(path=str(tmp_path / "webui_finished.png"), full_page=True)
         finally:
             browser.close()
 
     states = list((tmp_path / "saves").rglob("trainer_state.json"))
     assert len(states) == 1, states
-    logs = step_logs(states[0].parent)
-    assert [entry["scale/answer_weight"] for entry in logs] == pytest.approx([0.2, 0.4])
-    assert "SCALe loss active on rank 0" in (states[0].parent / "running_log.txt").read_text()
+    run = states[0].parent
+    logs = step_logs(run)
+    assert [entry["scale/answer_weight"] for entry in logs] == pytest.approx([0.2, 0.6])  # first and last step
+    assert "SCALe loss active on rank 0" in (run / "running_log.txt").read_text()
+    # the UI's log: one line of SCALe metrics per logging step, as in the file it reads
+    for entry in logs:
+        assert f"'scale/answer_weight': {entry['scale/answer_weight']:.4f}" in shown, shown
+        assert f"'scale/think_loss': {entry['scale/think_loss']:.4f}" in shown, shown
+    # trainer_log.jsonl (the UI's loss plot reads it) has the SCALe metrics of every step
+    lines = [json.loads(line) for line in (run / "trainer_log.jsonl").read_text().splitlines()]
+    lines = [line for line in lines if "loss" in line]
+    for key in ("scale/think_loss", "scale/answer_loss", "scale/think_weight", "scale/answer_weight"):
+        assert [line[key] for line in lines] == pytest.approx([entry[key] for entry in logs])
