@@ -24,6 +24,7 @@ import torch
 import transformers
 
 from ..core import (
+    ScaleConfigError,
     ScaleOptions,
     SegmentBatch,
     SegmentTagger,
@@ -31,7 +32,9 @@ from ..core import (
     TokenWeights,
     components,
     local_counts,
+    segment_sums,
     segment_weights,
+    shift_targets,
     token_weights,
 )
 
@@ -71,6 +74,43 @@ class _ComponentLog:
         return buf[:n], buf[n : 2 * n], float(buf[-1])
 
 
+class _EvalLog:
+    """Sums over a whole evaluation run (every batch, every rank), so its metrics depend neither on the eval batch
+    size, nor on the number of ranks, nor on the training progress."""
+
+    def __init__(self, num_segments: int):
+        self.num_segments = num_segments
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(self.num_segments, 4, dtype=torch.float64)  # core.segment_sums columns
+        self.ce = torch.zeros(2, dtype=torch.float64)  # CE sum and count over every supervised token
+        self.batches = 0.0
+
+    def add(self, ce: torch.Tensor, segments: SegmentBatch, targets: torch.Tensor, ignore_index: int) -> None:
+        self.sums += segment_sums(ce, segments, self.num_segments)
+        supervised = targets.reshape(-1).to(ce.device) != ignore_index
+        flat = ce.detach().reshape(-1)
+        self.ce += torch.stack([flat[supervised].double().sum(), supervised.sum().double()]).cpu()
+        self.batches += 1
+
+    def reduced(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+        buf = torch.cat([self.sums.reshape(-1), self.ce, torch.tensor([self.batches], dtype=torch.float64)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            buf = buf.to(device)
+            torch.distributed.all_reduce(buf)
+            buf = buf.cpu()
+        n = self.num_segments * 4
+        return buf[:n].view(self.num_segments, 4), buf[n : n + 2], float(buf[-1])
+
+
+def _router_aux_loss_coef(model: Any) -> float:
+    """The MoE load-balancing coefficient the model's own forward would use (text config for VLM wrappers)."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return float(getattr(text_config, "router_aux_loss_coef", 0.0) or 0.0)
+
+
 class ScaleTrainerMixin:
     """Routes a transformers Trainer's loss through the SCALe core. Call :meth:`scale_setup` in ``__init__``."""
 
@@ -86,17 +126,34 @@ class ScaleTrainerMixin:
         self._scale_names = options.segment_names
         self._scale_step_counts: torch.Tensor | None = None
         self._scale_weights: tuple[float, ...] = ()
-        self._scale_logs = {
-            "train": _ComponentLog(len(self._scale_names)),
-            "eval": _ComponentLog(len(self._scale_names)),
-        }
+        self._scale_logs = {"train": _ComponentLog(len(self._scale_names))}
+        self._scale_eval = _EvalLog(len(self._scale_names))
         self._scale_fallbacks: dict[str, int] = defaultdict(int)
         self._scale_warned: set[str] = set()
         # Older transformers Trainers have no `loss_is_scaled_for_ga`; they skip the division by the
         # accumulation steps when the model "accepts loss kwargs".
         if "loss_is_scaled_for_ga" not in vars(transformers.Trainer):
             self.model_accepts_loss_kwargs = True
+        self._scale_check_parallelism()
         logger.info("SCALe active: %s", options)
+
+    def _scale_check_parallelism(self) -> None:
+        """Tensor / context / sequence parallelism shard a sample's tokens over ranks: the step counts (summed over
+        the whole process group) would count a sample once per shard, and the per-sample means would be wrong.
+        Refuse them rather than train a silently different loss (docs/concepts.md)."""
+        config = getattr(getattr(self, "accelerator", None), "parallelism_config", None)
+        if config is None:
+            config = getattr(getattr(self, "args", None), "parallelism_config", None)
+        sizes = {name: int(getattr(config, name, 1) or 1) for name in ("tp_size", "cp_size", "sp_size")}
+        sizes["model tp_size"] = int(getattr(getattr(self, "model", None), "tp_size", None) or 1)
+        sharded = {name: size for name, size in sizes.items() if size > 1}
+        if sharded:
+            raise ScaleConfigError(
+                "parallelism: SCALe does not support tensor / context / sequence parallelism yet ("
+                + ", ".join(f"{name}={size}" for name, size in sharded.items())
+                + "): they shard a sample's tokens over ranks, so its segment counts and per-sample means would be "
+                "wrong. Use data parallelism (DDP, DeepSpeed ZeRO, FSDP) instead."
+            )
 
     # -- tagging and step counts -------------------------------------------------------------------------------
 
@@ -195,6 +252,21 @@ class ScaleTrainerMixin:
         )
         return result.loss, result.ce, result.outputs
 
+    def scale_aux_loss(self, model: Any, outputs: Any) -> torch.Tensor | None:
+        """The MoE router (load-balancing) loss the stock loss would add: ``router_aux_loss_coef * aux_loss`` when the
+        model returned one. The model gets no labels from SCALe, so it never adds it itself."""
+        aux = getattr(outputs, "aux_loss", None)
+        coef = _router_aux_loss_coef(model)
+        if aux is None or coef == 0.0:
+            return None
+        return coef * aux.float()
+
+    def scale_aux_loss_factor(self, training: bool) -> float:
+        """How the host's stock training loss scales the weighted aux loss of a micro-batch. transformers' Trainer
+        (Axolotl, LLaMA-Factory, TRL < 1.16) multiplies the model's whole loss, aux included, by the number of
+        processes (token counts are global, DDP averages gradients)."""
+        return float(self.accelerator.num_processes) if training else 1.0  # type: ignore[attr-defined]
+
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
@@ -206,38 +278,73 @@ class ScaleTrainerMixin:
         else:
             counts = self._scale_step_counts
         weights = self.scale_weights(segments, counts)
+        if inputs.get("labels") is not None:
+            targets = shift_targets(inputs["labels"], self.scale_options.ignore_index)
+        else:
+            targets = inputs["shift_labels"]
         loss, ce, outputs = self.scale_per_token_loss(model, dict(inputs), segments, weights)
-        mode = "train" if model.training else "eval"
-        log = self._scale_logs[mode]
-        parts = components(ce, segments, weights, len(self._scale_names))
-        log.loss += parts.segment_loss
-        log.tokens += parts.segment_tokens
+        loss = loss.float()
+        aux = self.scale_aux_loss(model, outputs)
+        if model.training:
+            log = self._scale_logs["train"]
+            parts = components(ce, segments, weights, len(self._scale_names))
+            log.loss += parts.segment_loss
+            log.tokens += parts.segment_tokens
+        else:
+            # Evaluation: the loss is the plain token-mean CE of the batch, as the stock trainer reports it, so
+            # eval_loss means the same at every step (not the step's schedule weights); the SCALe terms are in
+            # eval_scale/* over the whole eval set.
+            self._scale_eval.add(ce, segments, targets, self.scale_options.ignore_index)
+            supervised = targets.reshape(-1).to(ce.device) != self.scale_options.ignore_index
+            loss = ce.reshape(-1)[supervised].sum() / supervised.sum().clamp(min=1)
         if training:
             # Counts are global: summed over ranks, the per-rank losses make the step's loss, but DDP / DeepSpeed
             # average gradients over ranks, so undo that average.
             loss = loss * self.accelerator.num_processes  # type: ignore[attr-defined]
-        else:
-            log.units += 1.0 / max(self.args.world_size, 1)  # type: ignore[attr-defined]
+        if aux is not None:
+            loss = loss + aux * self.scale_aux_loss_factor(training)
         return (loss, outputs) if return_outputs else loss
 
     # -- logging ----------------------------------------------------------------------------------------------
 
     def scale_metrics(self, mode: str) -> dict[str, float]:
-        log = self._scale_logs[mode]
+        if mode == "eval":
+            return self._scale_eval_metrics()
+        log = self._scale_logs["train"]
         loss, tokens, units = log.reduced(self.args.device)  # type: ignore[attr-defined]
         log.reset()
         if units <= 0:
             return {}
-        prefix = "eval_" if mode == "eval" else ""
         metrics: dict[str, float] = {}
         for k, name in enumerate(self._scale_names):
-            metrics[f"{prefix}scale/{name}_loss"] = float(loss[k] / units)
-            metrics[f"{prefix}scale/{name}_tokens"] = float(tokens[k] / units)
-        if mode == "train":
-            for name, weight in zip(self._scale_names, self._scale_weights):
-                metrics[f"scale/{name}_weight"] = float(weight)
-            for name, count in self._scale_fallbacks.items():
-                metrics[f"scale/{name}"] = float(count)
+            metrics[f"scale/{name}_loss"] = float(loss[k] / units)
+            metrics[f"scale/{name}_tokens"] = float(tokens[k] / units)
+        for name, weight in zip(self._scale_names, self._scale_weights):
+            metrics[f"scale/{name}_weight"] = float(weight)
+        for name, count in self._scale_fallbacks.items():
+            metrics[f"scale/{name}"] = float(count)
+        if self.scale_options.empty_think == "ignore":
+            metrics["scale/empty_think_blocks"] = float(self.scale_tagger.empty_think_blocks)
+        return metrics
+
+    def _scale_eval_metrics(self) -> dict[str, float]:
+        """Over the whole eval set: ``eval_scale/<segment>_loss`` (the segment's mean CE under the run's
+        normalization: mean over samples of the per-sample mean, or over tokens), ``eval_scale/<segment>_tokens``
+        (total) and ``eval_scale/ce`` (the plain token-mean CE over every supervised token). None depends on the
+        eval batch size, the number of ranks or the schedule: use them (or eval_loss) to pick checkpoints."""
+        sums, ce, batches = self._scale_eval.reduced(self.args.device)  # type: ignore[attr-defined]
+        self._scale_eval.reset()
+        if batches <= 0:
+            return {}
+        metrics: dict[str, float] = {}
+        by_sample = self.scale_options.normalization == "sample"
+        for k, name in enumerate(self._scale_names):
+            total, count = (sums[k, 2], sums[k, 3]) if by_sample else (sums[k, 0], sums[k, 1])
+            if count > 0:  # a segment absent from the eval set has no mean (no NaN in the logs)
+                metrics[f"eval_scale/{name}_loss"] = float(total / count)
+            metrics[f"eval_scale/{name}_tokens"] = float(sums[k, 1])
+        if ce[1] > 0:
+            metrics["eval_scale/ce"] = float(ce[0] / ce[1])
         return metrics
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

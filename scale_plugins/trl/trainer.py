@@ -19,7 +19,11 @@ from .config import ScaleSFTConfig
 
 
 class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
-    """Drop-in ``SFTTrainer``: pass a :class:`ScaleSFTConfig` (a plain ``SFTConfig`` gets the SCALe defaults).
+    """Drop-in ``SFTTrainer``: takes what SFTTrainer takes, with a :class:`ScaleSFTConfig` as ``args``.
+
+    ``args=None`` builds ``ScaleSFTConfig("<model name>-SFT")`` with the SCALe defaults, as SFTTrainer builds
+    an ``SFTConfig``; a plain ``SFTConfig`` is refused with a message saying how to convert it (it has no
+    ``scale_*`` fields, and silently dropping the user's intent is worse than asking).
 
     The per-token log-probs come from TRL's fused LM head (no [B, T, V] logits); on TRL versions without it,
     from SCALe's own fused head (``scale_plugins.hf.head``, no logits either).
@@ -27,8 +31,19 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any):
         args_ = kwargs.get("args", args[1] if len(args) > 1 else None)
-        if args_ is not None and not isinstance(args_, ScaleSFTConfig):
-            raise ScaleConfigError("ScaleSFTTrainer needs a ScaleSFTConfig (from scale_plugins.trl) as `args`")
+        if args_ is None:
+            model = kwargs.get("model", args[0] if args else None)
+            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
+            args_ = ScaleSFTConfig(f"{(name or 'model').rstrip('/').split('/')[-1]}-SFT")
+            if len(args) > 1:
+                args = (args[0], args_, *args[2:])
+            else:
+                kwargs["args"] = args_
+        if not isinstance(args_, ScaleSFTConfig):
+            raise ScaleConfigError(
+                f"args: ScaleSFTTrainer needs a ScaleSFTConfig (from scale_plugins.trl), got {type(args_).__name__}; "
+                "convert one with ScaleSFTConfig(**sft_config.to_dict(), scale_...=...)"
+            )
         if kwargs.get("compute_loss_func") is not None:
             raise ScaleConfigError("compute_loss_func: SCALe is the loss; do not pass another one")
         super().__init__(*args, **kwargs)
@@ -39,6 +54,9 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
         self, model: Any, inputs: dict[str, Any], segments: SegmentBatch, weights: TokenWeights
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         inputs["use_cache"] = False
+        if getattr(self, "aux_loss_enabled", False):
+            # MoE models: TRL asks for the router logits so the model returns `aux_loss` (VLM wrappers need the kwarg)
+            inputs["output_router_logits"] = True
         if not self._scale_fused_head:
             # TRL without its fused head: SCALe's own (hf.head), with TRL's entropy / accuracy sums made in the same
             # chunked pass over the hidden states (from the logits in row chunks where the logits path is taken)
@@ -62,6 +80,27 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
         correct = outputs.is_top1.sum() if outputs.is_top1 is not None else None
         self._record_trl_metrics(inputs, outputs.label_mask.sum(), entropy, correct)
         return loss, -log_probs.detach(), outputs
+
+    def scale_aux_loss(self, model: Any, outputs: Any) -> torch.Tensor | None:
+        aux = getattr(outputs, "aux_loss", None)
+        if self._scale_fused_head:
+            # TRL >= 1.16: its own coefficient and switch (SFTConfig.router_aux_loss_coef)
+            if not getattr(self, "aux_loss_enabled", False) or aux is None:
+                return None
+            weighted = self.router_aux_loss_coef * aux.float()
+        else:
+            weighted = super().scale_aux_loss(model, outputs)
+        if aux is not None and getattr(self, "aux_loss_enabled", False):  # TRL's own `aux_loss` metric
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux.detach()).mean().item())
+        return weighted
+
+    def scale_aux_loss_factor(self, training: bool) -> float:
+        if not self._scale_fused_head:
+            return super().scale_aux_loss_factor(training)
+        # TRL >= 1.16 adds the weighted aux loss of a micro-batch once, averaged over the accumulation steps, after
+        # scaling the CE by the number of processes
+        return 1.0 / max(int(getattr(self, "current_gradient_accumulation_steps", 1) or 1), 1) if training else 1.0
 
     def _record_trl_metrics(
         self,

@@ -9,6 +9,8 @@ from scale_plugins.data import synthetic_cot
 from scale_plugins.hf.tiny import tiny_causal_lm
 
 _MODEL_CACHE: dict[int, Any] = {}
+# eval metrics that must not depend on the eval batch size or the number of ranks
+EVAL_KEYS = ("eval_scale/think_loss", "eval_scale/answer_loss", "eval_scale/ce", "eval_scale/answer_tokens")
 
 
 def model(tokenizer, seed: int = 0):

@@ -30,6 +30,7 @@ def reference(tokenizer, tmp_path_factory):
             per_device_train_batch_size=8,
             max_steps=1,
             scale_normalization=normalization,
+            per_device_eval_batch_size=3,  # not the 2 ranks x 2 of dist_train.py: eval metrics must not care
         )
         trainer = ScaleSFTTrainer(
             model=helpers.model(tokenizer), args=config, train_dataset=helpers.dataset(8), processing_class=tokenizer
@@ -41,6 +42,11 @@ def reference(tokenizer, tmp_path_factory):
             "grad_norm": float(row["grad_norm"]),
             "answer_loss": row["scale/answer_loss"],
             "think_loss": row["scale/think_loss"],
+            **{
+                key: value
+                for key, value in trainer.evaluate(helpers.dataset(8, seed=7)).items()
+                if key in helpers.EVAL_KEYS
+            },
         }
     return out
 
@@ -84,7 +90,7 @@ def _free_port() -> int:
 
 def assert_match(got: dict, want: dict) -> None:
     for normalization in ("sample", "token"):
-        for key in ("loss", "grad_norm", "answer_loss", "think_loss"):
+        for key in ("loss", "grad_norm", "answer_loss", "think_loss", *helpers.EVAL_KEYS):
             assert math.isclose(got[normalization][key], want[normalization][key], rel_tol=1e-5), (
                 normalization,
                 key,

@@ -209,3 +209,94 @@ def test_plain_sftconfig_is_refused(tmp_path, tokenizer):
             train_dataset=helpers.dataset(4),
             processing_class=tokenizer,
         )
+
+
+def test_args_none_trains_with_the_scale_defaults(tmp_path, tokenizer, monkeypatch):
+    """args=None: like SFTTrainer (which builds SFTConfig("<model>-SFT")), a ScaleSFTConfig with SCALe's defaults."""
+    import scale_plugins.trl.trainer as trainer_module
+
+    class CpuDefaults(ScaleSFTConfig):  # TRL's defaults want bf16 on a GPU, for SFTTrainer(args=None) too
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, use_cpu=True, bf16=False, report_to=[], **kwargs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(trainer_module, "ScaleSFTConfig", CpuDefaults)
+    model = helpers.model(tokenizer)
+    model.config._name_or_path = "org/tiny-model"
+    trainer = ScaleSFTTrainer(model=model, train_dataset=helpers.dataset(4), processing_class=tokenizer)
+    assert isinstance(trainer.args, ScaleSFTConfig)
+    assert trainer.scale_options == ScaleOptions()
+    assert trainer.args.output_dir.endswith("tiny-model-SFT")
+    assert trainer.scale_tagger is not None
+
+
+def test_tensor_and_context_parallelism_are_refused(tmp_path, tokenizer):
+    """They shard a sample's tokens over ranks: the step counts and per-sample means would be wrong."""
+    from types import SimpleNamespace
+
+    trainer = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path),
+        train_dataset=helpers.dataset(4),
+        processing_class=tokenizer,
+    )
+    trainer._scale_check_parallelism()  # plain data parallelism: fine
+    for sizes in ({"cp_size": 2}, {"tp_size": 2}, {"sp_size": 4}):
+        config = SimpleNamespace(**{"tp_size": 1, "cp_size": 1, "sp_size": 1, **sizes})
+        trainer.accelerator = SimpleNamespace(parallelism_config=config)
+        with pytest.raises(ScaleConfigError, match=f"{next(iter(sizes))}={next(iter(sizes.values()))}"):
+            trainer._scale_check_parallelism()
+
+
+def test_bf16_loss_is_logged_in_float32(tmp_path, tokenizer):
+    """bf16 autocast: the loss is not rounded to bf16 (15.6875 for 15.6846): it equals the float32 mix of the
+    logged segment losses to float32 precision."""
+    trainer = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path, max_steps=2, bf16=True),
+        train_dataset=helpers.dataset(8),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    rows = [r for r in trainer.state.log_history if "scale/answer_weight" in r]
+    assert rows
+    for r in rows:
+        mix = r["scale/think_weight"] * r["scale/think_loss"] + r["scale/answer_weight"] * r["scale/answer_loss"]
+        assert r["loss"] == pytest.approx(mix, rel=2e-6), (r["loss"], mix)
+
+
+@pytest.mark.parametrize("policy", ["ignore", "think"])
+def test_empty_think_blocks_in_mixed_data(tmp_path, tokenizer, policy):
+    """Qwen3-style mixed data: traces and empty '<think>\\n\\n</think>\\n\\n' blocks. 'ignore' (the default) leaves
+    the empty blocks out of every segment and counts them; 'think' trains them as think."""
+    import datasets
+
+    rows = []
+    for k, row in enumerate(helpers.dataset(8)):
+        content = row["completion"][0]["content"]
+        if k % 2:
+            content = "<think>\n\n</think>\n\n" + content[content.index("<answer>") :]
+        rows.append({"prompt": row["prompt"], "completion": [{"role": "assistant", "content": content}]})
+    data = datasets.Dataset.from_list(rows)
+    trainer = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path, per_device_train_batch_size=8, scale_empty_think=policy),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    batches, _ = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 1, trainer.args.device)
+    segments = batches[0]["scale_segments"]
+    think_rows = int((segments.segment_ids == 1).any(dim=1).sum())
+    supervised = batches[0]["labels"][:, 1:] != -100
+    in_segments = (segments.segment_ids[:, :-1] > 0) == supervised
+    if policy == "ignore":
+        assert think_rows == 4 and trainer.scale_tagger.empty_think_blocks == 4
+        assert not bool(in_segments.all())  # the empty blocks' tokens are supervised but in no segment
+        assert trainer._scale_step_counts[0, 1] == 4  # think samples of the step: the 4 real traces
+    else:
+        assert think_rows == 8 and trainer.scale_tagger.empty_think_blocks == 0
+        assert bool(in_segments.all())
+        assert trainer._scale_step_counts[0, 1] == 8
+    trainer.train()
+    logged = [r for r in trainer.state.log_history if "scale/answer_weight" in r]
+    assert ("scale/empty_think_blocks" in logged[-1]) == (policy == "ignore")
