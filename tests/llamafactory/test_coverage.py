@@ -232,8 +232,8 @@ def test_llava_trains_with_scale(llava, patched, tmp_path):
 @pytest.mark.parametrize(("model_type", "template"), [("llava_next", "llava_next_mistral"), ("gemma3", "gemma3")])
 def test_paper_architectures_train_with_scale(llava, patched, tmp_path, model_type, template):
     """LLaVA-NeXT (Mistral) and Gemma 3, tiny models with their processors, with the template their recipe uses
-    (recipes/llamafactory/): LLaMA-Factory's multimodal plugin expands the images, and SCALe trains. (Qwen2.5-VL's
-    processor needs torchvision, which has no CPU build here.)"""
+    (recipes/llamafactory/): LLaMA-Factory's multimodal plugin expands the images, and SCALe trains. (Qwen2.5-VL:
+    test_qwen2_5_vl.py, through its recipe.)"""
     from scale_plugins.hf import tiny
 
     build = {"llava_next": tiny.tiny_llava_next, "gemma3": tiny.tiny_gemma3}[model_type]
