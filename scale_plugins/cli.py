@@ -34,15 +34,16 @@ def _options_from(args: argparse.Namespace) -> ScaleOptions:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from .core import segment_weights
+    from .core import progress, segment_weights
 
     options = _options_from(args)
     names = options.segment_names
-    rows = sorted({round(i * args.max_steps / (args.rows - 1)) for i in range(args.rows)})
+    last = args.max_steps - 1  # global_step of the last optimizer step (docs/concepts.md: how progress is counted)
+    rows = sorted({round(i * last / max(args.rows - 1, 1)) for i in range(args.rows)})
     print(f"{'step':>8} {'progress':>9} " + " ".join(f"{n + '_weight':>16}" for n in names))
     for step in rows:
         ws = segment_weights(step, args.max_steps, options)
-        print(f"{step:>8} {step / args.max_steps:>9.3f} " + " ".join(f"{w:>16.4f}" for w in ws))
+        print(f"{step:>8} {progress(step, args.max_steps):>9.3f} " + " ".join(f"{w:>16.4f}" for w in ws))
     if args.plot:
         try:
             import matplotlib
@@ -52,7 +53,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         except ImportError:
             print("matplotlib is not installed: no plot written (pip install matplotlib)", file=sys.stderr)
             return 0
-        steps = list(range(args.max_steps + 1))
+        steps = list(range(args.max_steps))
         curves = list(zip(*(segment_weights(s, args.max_steps, options) for s in steps)))
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for name, curve in zip(names, curves):

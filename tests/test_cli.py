@@ -23,6 +23,7 @@ def test_schedule_table_and_plot(tmp_path, capsys):
     assert out[0].split() == ["step", "progress", "think_weight", "answer_weight"]
     assert [float(x) for x in out[1].split()[2:]] == [0.9, 0.1]
     assert [float(x) for x in out[3].split()[2:]] == [0.1, 0.9]
+    assert out[3].split()[:2] == ["99", "1.000"]  # the last of 100 optimizer steps trains at the end weight
     assert plot.stat().st_size > 1000
 
 
