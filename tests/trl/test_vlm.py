@@ -108,3 +108,44 @@ def test_paper_architectures_equal_weights_match_stock(tmp_path, vlm):
     assert math.isclose(loss_a, loss_b, rel_tol=1e-6, abs_tol=1e-6)
     assert any(".visual." in name or ".vision_tower." in name for name in grads_b)
     assert_same_grads(grads_a, grads_b)
+
+
+@needs_trl_1
+def test_qwen2_5_vl_packed_mrope_batch_is_tagged_like_the_padded_one(tmp_path):
+    """TRL refuses padding-free batches for vision datasets; packers that do pack Qwen2.5-VL (LLaMA-Factory's
+    neat_packing, custom collators) pass the model's own M-RoPE ids, [3, 1, T] or [4, 1, T] with the text positions
+    first. SCALe must find the same samples and segments in the packed row as in the padded batch."""
+    import torch
+
+    model, processor = tiny_qwen2_5_vl()
+    trainer = ScaleSFTTrainer(
+        model=model,
+        args=helpers.config(ScaleSFTConfig, tmp_path, max_length=None, per_device_train_batch_size=3),
+        train_dataset=vlm_dataset(3),
+        processing_class=processor,
+    )
+    padded = next(iter(trainer.get_train_dataloader()))
+    lengths = padded["attention_mask"].sum(dim=1).tolist()
+    assert padded["attention_mask"][:, 0].all()  # right padding: each row's tokens come first
+    planes, pieces, labels = [], [], []
+    grids = padded["image_grid_thw"]
+    for row, length in enumerate(lengths):
+        ids = padded["input_ids"][row : row + 1, :length]
+        mm = padded["mm_token_type_ids"][row : row + 1, :length]
+        mrope, _ = model.model.get_rope_index(ids, mm, image_grid_thw=grids[row : row + 1])
+        assert mrope.shape == (3, 1, length) and mrope[0, 0, 0] == 0
+        planes.append(mrope)
+        pieces.append(torch.arange(length).view(1, 1, -1))
+        labels.append(padded["labels"][row, :length])
+    packed_labels = torch.cat(labels).unsqueeze(0)
+    # the packer masks each sample's first label, as every packing collator does
+    want = trainer.scale_tag({"labels": padded["labels"]})
+    for position_ids in (torch.cat(planes, dim=2), torch.cat([torch.cat(pieces, dim=2), torch.cat(planes, dim=2)])):
+        got = trainer.scale_tag({"labels": packed_labels, "position_ids": position_ids})
+        assert got.num_samples == 3
+        start = 0
+        for row, length in enumerate(lengths):
+            assert got.sample_ids[0, start : start + length - 1].eq(row).all()
+            # the last token of a sample predicts nothing in either layout
+            assert torch.equal(got.segment_ids[0, start : start + length - 1], want.segment_ids[row, : length - 1])
+            start += length
