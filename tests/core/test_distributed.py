@@ -67,8 +67,12 @@ def _worker(rank, world, port, normalization, out_dir):
             g /= world
         if rank == 0:
             torch.save([g.clone() for g in grads], os.path.join(out_dir, "grads.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # results written, every rank past the barrier: skip interpreter teardown, where a gloo thread still alive in a
+    # destructor can abort a finished rank ("terminate called without an active exception")
+    os._exit(0)
 
 
 def _free_port() -> int:
