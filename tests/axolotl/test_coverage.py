@@ -287,6 +287,8 @@ def test_empty_think_ignore_leaves_the_empty_blocks_out_of_every_segment(empty_t
     assert segment_total(runs["mixed_think"]) - segment_total(mixed) == blocks
     for step in (traced, empty, mixed):
         assert math.isfinite(step["loss"])
+    # and the log says how many blocks were left out
+    assert [step["scale/empty_think_blocks"] for step in (traced, empty, mixed)] == [0, EMPTY, EMPTY]
 
 
 def test_empty_think_think_counts_the_empty_blocks_as_think(empty_think_runs):
