@@ -4,6 +4,10 @@ The ``scale_*`` fields are derived from :func:`scale_plugins.core.option_fields`
 help text as every other host); their values are validated by :class:`ScaleOptions` itself, so a bad value
 is rejected with the same message everywhere, naming the ``scale_`` key. Axolotl merges :class:`ScaleArgs`
 into its config schema when the plugin is listed under ``plugins:``.
+
+Axolotl drops keys its schema does not know, so with the plugin listed a misspelled ``scale_*`` key (or a near-miss
+of the prefix, ``scal_schedule``) is an error naming the closest option, and so are combinations the loss cannot
+support (other losses, context / tensor parallelism): see docs/axolotl.md.
 """
 
 from __future__ import annotations
@@ -115,7 +119,8 @@ def _misspells_an_option(key: str) -> bool:
 
 def unknown_scale_keys(data: Mapping[str, Any], known: Iterable[str]) -> list[str]:
     """Keys of a raw config that are meant as SCALe options (:func:`_misspells_an_option`) but are not one, and that
-    are not a field of the schema either (``known``: e.g. Axolotl's own ``scale_rewards`` stays allowed)."""
+    are not a field of the schema either (``known``: the merged schema's fields, so a ``scale_*`` key of Axolotl or of
+    another plugin stays allowed)."""
     known = set(known) | set(OPTION_KEYS)
     return [
         key
