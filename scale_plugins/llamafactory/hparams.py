@@ -177,7 +177,7 @@ def check_scale_keys(keys: Iterable[str], known: Iterable[str] = ()) -> None:
         raise ScaleConfigError("; ".join(problems))
 
 
-def _parser_fields() -> set[str]:
+def parser_fields() -> set[str]:
     """Every key LLaMA-Factory's training parser accepts."""
     from llamafactory.hparams import parser
 
@@ -197,7 +197,7 @@ def preflight(args: dict[str, Any] | list[str] | None = None) -> Any:
     from transformers import HfArgumentParser
 
     args = read_args(args)
-    check_scale_keys(_config_keys(args), _parser_fields())
+    check_scale_keys(_config_keys(args), parser_fields())
     parser = HfArgumentParser((ModelArguments, ScaleFinetuningArguments))
     model_args, finetuning_args = _parse_args(parser, args, allow_extra_keys=True)
     check_train_args(model_args, None, finetuning_args)

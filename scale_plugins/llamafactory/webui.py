@@ -37,7 +37,7 @@ from llamafactory.webui import common, control, interface, runner
 from llamafactory.webui.locales import LOCALES
 
 from ..core import ScaleConfigError, ScaleOptions
-from .hparams import HOST_LOSSES, PREFIX, SWITCH, ScaleFinetuningArguments, check_scale_keys
+from .hparams import HOST_LOSSES, PREFIX, SWITCH, ScaleFinetuningArguments, check_scale_keys, parser_fields
 from .locales import LOSS_SELECTOR, SETTINGS_TAB, locales, ui_options
 from .patch import _MARK, CLI_MODULE, UnsupportedLlamaFactoryError, _install, _original
 
@@ -122,7 +122,7 @@ def validate_train_args(args: dict[str, Any]) -> None:
 
     if not args.get(SWITCH) and not any(key.startswith(PREFIX) for key in args):
         return
-    check_scale_keys(args, {field.name for field in dataclasses.fields(ScaleFinetuningArguments)})
+    check_scale_keys(args, parser_fields())
     HfArgumentParser(ScaleFinetuningArguments).parse_dict(args, allow_extra_keys=True)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from transformers import TrainerCallback
 
@@ -41,12 +43,14 @@ def test_equal_weights_token_normalization_match_the_stock_loss(tiny, patched, t
 
 
 def test_scale_changes_the_loss_when_weights_differ(tiny, patched, tmp_path):
-    """The default SCALe loss (sample means, answer weight 0.1 at step 0) is not the stock loss."""
+    """The default SCALe loss (sample means, cosine weights) is not the stock loss. A one-step run is its own last
+    step, so it trains at the end weight (answer 0.9, docs/concepts.md)."""
     stock = train_in_process(train_config(tiny, tmp_path / "stock", use_scale_loss=None, max_steps=1))
     scale = train_in_process(train_config(tiny, tmp_path / "scale", max_steps=1))
     think, answer = scale[0]["scale/think_loss"], scale[0]["scale/answer_loss"]
-    assert scale[0]["scale/answer_weight"] == pytest.approx(0.1)
-    assert scale[0]["loss"] == pytest.approx(0.9 * think + 0.1 * answer, rel=1e-3)
+    weight = answer_weight(0, 1, ScaleOptions())
+    assert weight == pytest.approx(0.9) and scale[0]["scale/answer_weight"] == pytest.approx(weight)
+    assert scale[0]["loss"] == pytest.approx((1 - weight) * think + weight * answer, rel=1e-3)
     assert abs(scale[0]["loss"] - stock[0]["loss"]) > 1e-4
 
 
@@ -95,13 +99,18 @@ def test_weights_follow_the_configured_schedule(tiny, patched, tmp_path):
     assert [entry["scale/think_weight"] for entry in logs] == pytest.approx([1 - w for w in expected])
 
 
-def test_evaluation_loss_is_scale_too(tiny, patched, tmp_path):
+def test_evaluation_reports_plain_ce_and_the_segment_losses(tiny, patched, tmp_path):
+    """Evaluation in a SCALe run (docs/concepts.md, Evaluation): ``eval_loss`` is the plain cross-entropy, as the
+    stock trainer reports it (comparable with a vanilla run), ``eval_scale/ce`` the same over the whole eval set, and
+    ``eval_scale/<segment>_loss`` the segment losses for model selection; none depends on the schedule's weights."""
     config = train_config(
         tiny, tmp_path / "eval", val_size=4, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=8
     )
     train_in_process(config)
     evals = [entry for entry in json_state(tmp_path / "eval")["log_history"] if "eval_loss" in entry]
     assert len(evals) == 1 and evals[0]["step"] == 2
-    weight = answer_weight(2, 2, ScaleOptions())  # p = 1 at the evaluation after the last step
-    think, answer = evals[0]["eval_scale/think_loss"], evals[0]["eval_scale/answer_loss"]
-    assert evals[0]["eval_loss"] == pytest.approx((1 - weight) * think + weight * answer, rel=1e-4)
+    entry = evals[0]
+    assert entry["eval_loss"] == pytest.approx(entry["eval_scale/ce"], rel=1e-5)  # one eval batch: the same mean
+    assert entry["eval_scale/think_tokens"] > 0 and entry["eval_scale/answer_tokens"] > 0
+    assert all(math.isfinite(entry[f"eval_scale/{name}_loss"]) for name in ("think", "answer"))
+    assert "eval_scale/answer_weight" not in entry
