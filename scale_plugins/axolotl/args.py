@@ -16,13 +16,11 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from ..core import ScaleOptions, option_fields
+from ..core import OPTION_KEYS, PREFIX, ScaleOptions, option_fields
 
-PREFIX = "scale_"
 PLUGIN_PATH = "scale_plugins.axolotl.ScalePlugin"
-OPTION_KEYS = tuple(PREFIX + opt.name for opt in option_fields())
 _OPTION_NAMES = tuple(opt.name for opt in option_fields())
 _NUMERIC_KEYS = tuple(PREFIX + opt.name for opt in option_fields() if opt.type in (int, float))
 
@@ -143,24 +141,20 @@ def unknown_key_message(key: str) -> str:
     )
 
 
-def _option_field(opt: Any) -> tuple[Any, Any]:
-    """(annotation, FieldInfo) of one ``scale_<name>`` key, from the core's definition of the option.
+def _option_field(name: str) -> Any:
+    """The pydantic field of the ``scale_<name>`` key, from the core's definition of the option.
 
     The pydantic default is ``None`` and the core applies the real default (shown in the description):
     a key the user did not write never appears in the validated config, so "scale_* keys without
     ``loss: scale``" is detected exactly, also when Axolotl validates an already validated config again.
     """
+    opt = next(o for o in option_fields() if o.name == name)
     default = list(opt.default) if isinstance(opt.default, tuple) else opt.default
     help_text = f"SCALe: {opt.help} Default: {default!r}."
     extra: dict[str, Any] = {"description": help_text, "scale_default": default}
     if opt.choices:
         extra["choices"] = list(opt.choices)
-    if opt.name == "extra_segments":
-        # YAML: a list of {name, open, close, weight_start, weight_end}, or 'name:<open>:</close>:w0:w1' strings
-        annotation: Any = list[dict[str, Any] | str] | None
-    else:
-        annotation = opt.type | None
-    return annotation, Field(default=None, description=help_text, json_schema_extra=extra)
+    return Field(default=None, description=help_text, json_schema_extra=extra)
 
 
 class _ScaleArgsBase(BaseModel):
@@ -208,14 +202,26 @@ class _ScaleArgsBase(BaseModel):
         return self
 
 
-#: The pydantic model Axolotl merges into its config schema (``ScalePlugin.get_input_args``).
-ScaleArgs = create_model(
-    "ScaleArgs",
-    __base__=_ScaleArgsBase,
-    __module__=__name__,
-    __doc__="Axolotl config keys of SCALe: `loss: scale` and every SCALe option as `scale_<name>`.",
-    **{PREFIX + opt.name: _option_field(opt) for opt in option_fields()},
-)
+class ScaleArgs(_ScaleArgsBase):
+    """Axolotl config keys of SCALe: `loss: scale` and every SCALe option as `scale_<name>` (docs/options.md).
+
+    The pydantic model Axolotl merges into its config schema (``ScalePlugin.get_input_args``). Each field is
+    declared here, typed; its default, choices and description come from the core's definition, and
+    tests/axolotl/test_config.py checks the two agree.
+    """
+
+    scale_think_open: str | None = _option_field("think_open")
+    scale_think_close: str | None = _option_field("think_close")
+    scale_schedule: str | None = _option_field("schedule")
+    scale_answer_weight_start: float | None = _option_field("answer_weight_start")
+    scale_answer_weight_end: float | None = _option_field("answer_weight_end")
+    scale_step_at: float | None = _option_field("step_at")
+    scale_normalization: str | None = _option_field("normalization")
+    # YAML: a list of {name, open, close, weight_start, weight_end}, or 'name:<open>:</close>:w0:w1' strings
+    scale_extra_segments: list[dict[str, Any] | str] | None = _option_field("extra_segments")
+    scale_empty_think: str | None = _option_field("empty_think")
+    scale_on_missing_think: str | None = _option_field("on_missing_think")
+    scale_ignore_index: int | None = _option_field("ignore_index")
 
 
 def scale_options_from_cfg(cfg: Mapping[str, Any]) -> ScaleOptions:

@@ -14,13 +14,15 @@ from .loss import (
     segment_sums,
     shift_targets,
 )
-from .options import ExtraSegment, ScaleConfigError, ScaleOptions, option_fields
+from .options import OPTION_KEYS, PREFIX, ExtraSegment, ScaleConfigError, ScaleOptions, option_fields
 from .schedule import answer_weight, progress, segment_weights
 from .segments import ANSWER, IGNORED, THINK, SegmentBatch, SegmentTagger, TokenTable, sample_ids_from
 from .weights import StepCounts, TokenWeights, local_counts, token_weights
 
 __all__ = [
     "ANSWER",
+    "OPTION_KEYS",
+    "PREFIX",
     "IGNORED",
     "THINK",
     "ExtraSegment",

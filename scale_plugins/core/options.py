@@ -248,7 +248,13 @@ def option_fields() -> Iterator[OptionField]:
         yield OptionField(f.name, typ, default, f.metadata["help"], f.metadata.get("choices"))
 
 
-def options_markdown(prefix: str = "scale_") -> str:
+#: The prefix every host puts before an option's name (``scale_answer_weight_end``); declared once, here.
+PREFIX = "scale_"
+#: Every option as a host spells it, in definition order.
+OPTION_KEYS: tuple[str, ...] = tuple(PREFIX + f.name for f in dataclasses.fields(ScaleOptions))
+
+
+def options_markdown(prefix: str = PREFIX) -> str:
     """The options reference table (docs/options.md embeds it; a test keeps the two equal)."""
     lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
     for opt in option_fields():

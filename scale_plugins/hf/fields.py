@@ -1,28 +1,63 @@
-"""The SCALe options as dataclass fields for ``HfArgumentParser`` configs (TRL, LLaMA-Factory)."""
+"""The SCALe options as typed dataclass fields for ``HfArgumentParser`` configs (TRL's ``ScaleSFTConfig``,
+LLaMA-Factory's ``ScaleFinetuningArguments``).
+
+The fields are declared statically, so editors, type checkers and ``--help`` see them; their defaults, choices and
+help text are read from the core's one definition (:class:`~scale_plugins.core.ScaleOptions`), and
+``tests/core/test_options_schedule.py`` fails if the two ever disagree (a core option added without its field here).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
-from ..core import option_fields
+from ..core import PREFIX, ScaleOptions
 
-PREFIX = "scale_"
+_CORE = {f.name: f for f in dataclasses.fields(ScaleOptions)}
+
+
+def _arg(name: str) -> Any:
+    """A field mirroring core option ``name``: its default, and ``help`` / ``choices`` for argparse."""
+    core = _CORE[name]
+    metadata: dict[str, Any] = {"help": f"SCALe: {core.metadata['help']}"}
+    if core.metadata.get("choices"):
+        metadata["choices"] = list(core.metadata["choices"])
+    # extra_segments: a list of mappings in YAML, of 'name:<open>:</close>:w0:w1' strings on a command line
+    default = None if name == "extra_segments" else core.default
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass
+class ScaleArguments:
+    """The SCALe options, each prefixed ``scale_`` (meanings: docs/options.md, docs/concepts.md).
+
+    Put it first among the bases of a host's config dataclass (``class C(ScaleArguments, HostConfig)``) so its
+    fields come last and the host's positional arguments keep their places.
+    """
+
+    scale_think_open: str = _arg("think_open")
+    scale_think_close: str = _arg("think_close")
+    scale_schedule: str = _arg("schedule")
+    scale_answer_weight_start: float = _arg("answer_weight_start")
+    scale_answer_weight_end: float = _arg("answer_weight_end")
+    scale_step_at: float = _arg("step_at")
+    scale_normalization: str = _arg("normalization")
+    scale_extra_segments: list[str] | None = _arg("extra_segments")
+    scale_empty_think: str = _arg("empty_think")
+    scale_on_missing_think: str = _arg("on_missing_think")
+    scale_ignore_index: int = _arg("ignore_index")
+
+    def scale_options(self) -> ScaleOptions:
+        """These fields as the core's :class:`ScaleOptions` (errors name the ``scale_*`` keys)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ScaleArguments)}
+        return ScaleOptions.from_dict(values, prefix=PREFIX)
 
 
 def argument_fields(prefix: str = PREFIX) -> list[tuple[str, Any, dataclasses.Field]]:
-    """``(name, type, field)`` triples for ``dataclasses.make_dataclass``, derived from the core's one definition.
-
-    Only ``help`` and ``choices`` go into the metadata: ``HfArgumentParser`` hands it to ``argparse.add_argument``.
-    ``extra_segments`` is a list: of mappings in YAML, of ``'name:<open>:</close>:w0:w1'`` strings on a command line.
-    """
-    fields = []
-    for opt in option_fields():
-        metadata: dict[str, Any] = {"help": f"SCALe: {opt.help}"}
-        if opt.choices:
-            metadata["choices"] = list(opt.choices)
-        if opt.name == "extra_segments":
-            fields.append((prefix + opt.name, list[str] | None, dataclasses.field(default=None, metadata=metadata)))
-        else:
-            fields.append((prefix + opt.name, opt.type, dataclasses.field(default=opt.default, metadata=metadata)))
-    return fields
+    """``(name, type, field)`` triples of :class:`ScaleArguments`, for ``dataclasses.make_dataclass``."""
+    hints = {"str": str, "float": float, "int": int, "list[str] | None": list[str] | None}
+    return [
+        (f.name, hints[str(f.type)], dataclasses.field(default=f.default, metadata=dict(f.metadata)))
+        for f in dataclasses.fields(ScaleArguments)
+    ]
