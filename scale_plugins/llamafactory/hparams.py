@@ -22,12 +22,10 @@ from typing import Any
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
-from ..core import ScaleConfigError, ScaleOptions, option_fields
+from ..core import OPTION_KEYS, PREFIX, ScaleConfigError, ScaleOptions, option_fields
 from ..hf.fields import argument_fields
 
-PREFIX = "scale_"
 SWITCH = "use_scale_loss"
-OPTION_KEYS = tuple(PREFIX + opt.name for opt in option_fields())
 
 #: LLaMA-Factory 0.9.5's own alternatives to cross-entropy in SFT (CustomSeq2SeqTrainer, compute_loss_func):
 #: loss name -> FinetuningArguments switch. Each replaces the loss SCALe computes, so neither can be combined.
