@@ -52,12 +52,3 @@ class ScaleArguments:
         """These fields as the core's :class:`ScaleOptions` (errors name the ``scale_*`` keys)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ScaleArguments)}
         return ScaleOptions.from_dict(values, prefix=PREFIX)
-
-
-def argument_fields(prefix: str = PREFIX) -> list[tuple[str, Any, dataclasses.Field]]:
-    """``(name, type, field)`` triples of :class:`ScaleArguments`, for ``dataclasses.make_dataclass``."""
-    hints = {"str": str, "float": float, "int": int, "list[str] | None": list[str] | None}
-    return [
-        (f.name, hints[str(f.type)], dataclasses.field(default=f.default, metadata=dict(f.metadata)))
-        for f in dataclasses.fields(ScaleArguments)
-    ]

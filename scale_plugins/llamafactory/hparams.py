@@ -1,8 +1,8 @@
 """The YAML keys of the LLaMA-Factory adapter: ``use_scale_loss: true`` plus every SCALe option as ``scale_<name>``.
 
 :class:`ScaleFinetuningArguments` is LLaMA-Factory's ``FinetuningArguments`` with those fields added. The
-``scale_*`` fields are derived from :func:`scale_plugins.core.option_fields` (same names, defaults and help
-text as every other host) and their values are validated by :class:`~scale_plugins.core.ScaleOptions`
+``scale_*`` fields are :class:`~scale_plugins.hf.fields.ScaleArguments` (same names, defaults and help text as
+every other host, checked against the core by a test) and their values are validated by :class:`~scale_plugins.core.ScaleOptions`
 itself, so a bad value is rejected with the same message everywhere, naming the ``scale_`` key.
 
 LLaMA-Factory builds its ``HfArgumentParser`` from the lists in ``llamafactory.hparams.parser``; the launcher
@@ -17,13 +17,14 @@ import dataclasses
 import difflib
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
 from ..core import OPTION_KEYS, PREFIX, ScaleConfigError, ScaleOptions, option_fields
-from ..hf.fields import argument_fields
+from ..hf.fields import ScaleArguments
 
 SWITCH = "use_scale_loss"
 
@@ -47,37 +48,9 @@ def _env_enabled(name: str) -> bool:
     return os.getenv(name, "0").lower() in ("true", "y", "1")
 
 
-def _scale_fields() -> list[tuple[str, Any, dataclasses.Field]]:
-    fields: list[tuple[str, Any, dataclasses.Field]] = [
-        (
-            SWITCH,
-            bool,
-            dataclasses.field(
-                default=False,
-                metadata={
-                    "help": "Train with SCALe, the segment-weighted loss for chain-of-thought SFT "
-                    "(stage sft; configured by the scale_* keys)."
-                },
-            ),
-        )
-    ]
-    fields.extend(argument_fields(PREFIX))
-    return fields
-
-
 def scale_options_from(values: Mapping[str, Any]) -> ScaleOptions:
     """:class:`ScaleOptions` from a mapping of ``scale_*`` keys (absent keys take the defaults); errors name the key."""
     return ScaleOptions.from_dict({key: values[key] for key in OPTION_KEYS if key in values}, prefix=PREFIX)
-
-
-def _scale_options(self: Any) -> ScaleOptions:
-    """The SCALe options of these arguments as the core's :class:`ScaleOptions`."""
-    return scale_options_from({key: getattr(self, key) for key in OPTION_KEYS})
-
-
-def _post_init(self: Any) -> None:
-    FinetuningArguments.__post_init__(self)
-    check_finetuning_args(self)
 
 
 def check_finetuning_args(args: Any) -> None:
@@ -139,18 +112,26 @@ def check_train_args(model_args: Any, training_args: Any, finetuning_args: Any) 
         raise ScaleConfigError(f"`{SWITCH}: true` cannot be combined with:\n  - " + "\n  - ".join(problems))
 
 
-ScaleFinetuningArguments = dataclasses.make_dataclass(
-    "ScaleFinetuningArguments",
-    _scale_fields(),
-    bases=(FinetuningArguments,),
-    namespace={"__post_init__": _post_init, "scale_options": _scale_options, "__module__": __name__},
-)
-ScaleFinetuningArguments.__doc__ = (
-    "LLaMA-Factory ``FinetuningArguments`` with SCALe: ``use_scale_loss`` and every SCALe option prefixed "
-    "``scale_``.\n\nParameters (in addition to FinetuningArguments'):\n"
-    f"    {SWITCH} (default False): train with the SCALe loss (stage sft).\n"
-    + "\n".join(f"    {PREFIX}{o.name} (default {o.default!r}): {o.help}" for o in option_fields())
-)
+@dataclass
+class ScaleFinetuningArguments(ScaleArguments, FinetuningArguments):
+    """LLaMA-Factory's ``FinetuningArguments`` with SCALe: ``use_scale_loss`` and every SCALe option prefixed
+    ``scale_`` (declared in :class:`~scale_plugins.hf.fields.ScaleArguments`; docs/options.md).
+
+    Parameters, in addition to FinetuningArguments':
+        use_scale_loss (False): train with the SCALe loss (stage sft), configured by the ``scale_*`` keys.
+    """
+
+    use_scale_loss: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Train with SCALe, the segment-weighted loss for chain-of-thought SFT "
+            "(stage sft; configured by the scale_* keys)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_finetuning_args(self)
 
 
 def _config_keys(args: dict[str, Any] | list[str]) -> list[str]:

@@ -29,23 +29,16 @@ patch is applied.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from .hooks import UnsupportedLlamaFactoryError, install, unpatched
 
 SUPPORTED_VERSION = "0.9.5"
 WORKER_MODULE = "scale_plugins.llamafactory.worker"
-CLI_MODULE = "scale_plugins.llamafactory"
-
-_MARK = "__scale_plugins_patch__"  # set on every function we install, so patching twice is a no-op
-
-
-class UnsupportedLlamaFactoryError(RuntimeError):
-    """The installed LLaMA-Factory lacks a private name the patches need."""
-
 
 # (module, attribute path) pairs that must exist ...
 _TRAINING_NAMES: tuple[tuple[str, str], ...] = (
@@ -113,11 +106,6 @@ def _resolve(module: str, path: str) -> Any:
     return obj
 
 
-def _original(func: Any) -> Any:
-    """The function LLaMA-Factory defined, also when a patch of ours is installed in its place."""
-    return getattr(func, "__wrapped__", func) if getattr(func, _MARK, False) else func
-
-
 def _installed_version() -> str:
     try:
         from llamafactory.extras.env import VERSION
@@ -138,7 +126,7 @@ def check_llamafactory(
             missing.append(f"{module}.{path}")
     for module, path, name in uses:
         try:
-            code = _original(_resolve(module, path)).__code__
+            code = unpatched(_resolve(module, path)).__code__
         except (ImportError, AttributeError):
             missing.append(f"{module}.{path}")
             continue
@@ -164,15 +152,6 @@ def _logger() -> logging.Logger:
     from llamafactory.extras import logging as lf_logging
 
     return lf_logging.get_logger("llamafactory.scale_plugins")
-
-
-def _install(owner: Any, name: str, replacement: Callable[..., Any], original: Any) -> None:
-    """Put ``replacement`` (wrapping ``original``) at ``owner.name``, marked so a second install is skipped."""
-    if getattr(getattr(owner, name), _MARK, False):
-        return
-    functools.update_wrapper(replacement, original)
-    setattr(replacement, _MARK, True)
-    setattr(owner, name, replacement)
 
 
 class _ForwardToLlamaFactory(logging.Handler):
@@ -214,8 +193,8 @@ def _patch_tuner() -> None:
 
     from .hparams import check_train_args, preflight
 
-    original_get_train_args = _original(tuner.get_train_args)
-    original_run_exp = _original(tuner.run_exp)
+    original_get_train_args = unpatched(tuner.get_train_args)
+    original_run_exp = unpatched(tuner.run_exp)
 
     def get_train_args(args: Any = None) -> Any:
         parsed = original_get_train_args(args)
@@ -229,8 +208,8 @@ def _patch_tuner() -> None:
             preflight(args)
         original_run_exp(args, callbacks)
 
-    _install(tuner, "get_train_args", get_train_args, original_get_train_args)
-    _install(tuner, "run_exp", run_exp, original_run_exp)
+    install(tuner, "get_train_args", get_train_args, original_get_train_args)
+    install(tuner, "run_exp", run_exp, original_run_exp)
 
 
 def _patch_sft_workflow() -> None:
@@ -302,7 +281,7 @@ def _patch_log_callback() -> None:
     """``trainer_log.jsonl`` (what the web UI plots) and the web UI's log get the ``scale/*`` metrics."""
     from llamafactory.train.callbacks import LogCallback
 
-    original = _original(LogCallback.on_log)
+    original = unpatched(LogCallback.on_log)
 
     def on_log(self: Any, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         entry = state.log_history[-1] if state.log_history else {}
@@ -319,7 +298,7 @@ def _patch_log_callback() -> None:
             _logger().info("{" + ", ".join(f"'{key}': {extra[key]:.4f}" for key in _SHOWN) + "}")
         return result
 
-    _install(LogCallback, "on_log", on_log, original)
+    install(LogCallback, "on_log", on_log, original)
 
 
 _applied: set[str] = set()

@@ -37,9 +37,9 @@ from llamafactory.webui import common, control, interface, runner
 from llamafactory.webui.locales import LOCALES
 
 from ..core import ScaleConfigError, ScaleOptions
+from .hooks import CLI_MODULE, MARK, UnsupportedLlamaFactoryError, install, unpatched
 from .hparams import HOST_LOSSES, PREFIX, SWITCH, ScaleFinetuningArguments, check_scale_keys, parser_fields
 from .locales import LOSS_SELECTOR, SETTINGS_TAB, locales, ui_options
-from .patch import _MARK, CLI_MODULE, UnsupportedLlamaFactoryError, _install, _original
 
 TAB = "train"
 
@@ -150,7 +150,7 @@ PLOTTED = (
 
 
 def _patch_loss_plot() -> None:
-    original = _original(control.gen_loss_plot)
+    original = unpatched(control.gen_loss_plot)
 
     def gen_loss_plot(trainer_log: list[dict[str, Any]]) -> Any:
         fig = original(trainer_log)
@@ -176,11 +176,11 @@ def _patch_loss_plot() -> None:
         ax.legend(handles, labels, fontsize="small")
         return fig
 
-    _install(control, "gen_loss_plot", gen_loss_plot, original)
+    install(control, "gen_loss_plot", gen_loss_plot, original)
 
 
 def _patch_train_tab() -> None:
-    original = _original(interface.create_train_tab)
+    original = unpatched(interface.create_train_tab)
 
     def create_train_tab(engine: Any) -> dict[str, Any]:
         controls = create_loss_controls()
@@ -199,12 +199,12 @@ def _patch_train_tab() -> None:
         elem_dict.update(controls)
         return elem_dict
 
-    _install(interface, "create_train_tab", create_train_tab, original)
+    install(interface, "create_train_tab", create_train_tab, original)
 
 
 def _patch_runner() -> None:
     Runner = runner.Runner
-    original_parse = _original(Runner._parse_train_args)
+    original_parse = unpatched(Runner._parse_train_args)
 
     def _parse_train_args(self: Any, data: dict[Any, Any]) -> dict[str, Any]:
         args = original_parse(self, data)
@@ -215,19 +215,19 @@ def _patch_runner() -> None:
             raise gr.Error(html.escape(str(err), quote=False)) from None  # the pop-up renders HTML
         return args
 
-    _install(Runner, "_parse_train_args", _parse_train_args, original_parse)
+    install(Runner, "_parse_train_args", _parse_train_args, original_parse)
 
-    original_gen_cmd = _original(runner.gen_cmd)
+    original_gen_cmd = unpatched(runner.gen_cmd)
 
     def gen_cmd(args: dict[str, Any]) -> str:
         if os.name == "nt":  # PowerShell quoting differs: LLaMA-Factory's own preview, our command name
             return original_gen_cmd(args).replace("llamafactory-cli train", "scale-llamafactory train", 1)
         return shell_command(args)
 
-    _install(runner, "gen_cmd", gen_cmd, original_gen_cmd)
+    install(runner, "gen_cmd", gen_cmd, original_gen_cmd)
 
     real_popen = runner.Popen
-    if not getattr(real_popen, _MARK, False):
+    if not getattr(real_popen, MARK, False):
 
         class Popen(real_popen):  # type: ignore[misc, valid-type]
             """``llamafactory-cli train`` -> ``<this python> -m scale_plugins.llamafactory train``."""
@@ -238,7 +238,7 @@ def _patch_runner() -> None:
                     args[0:1] = [sys.executable, "-m", CLI_MODULE]
                 super().__init__(args, *rest, **kwargs)
 
-        setattr(Popen, _MARK, True)
+        setattr(Popen, MARK, True)
         runner.Popen = Popen
 
 
