@@ -6,12 +6,30 @@ backward; each arm runs in its own process on CPU (peak RSS is per process) or a
 peak-memory reset on CUDA. The stock arm is ``transformers``' ``ForCausalLMLoss`` (the
 loss a model computes when given labels); the SCALe arm includes tagging, step counts,
 token weights and the chunked weighted CE. Also reports tagging throughput.
+
+``--trainer`` compares whole training steps per host, each arm in its own process, on the same
+tiny Qwen2 (the full Qwen vocabulary, so the LM head and loss dominate) and the same packed rows:
+
+- ``--host trl``: stock ``SFTTrainer`` (whatever loss this TRL uses by default: its fused LM head in
+  TRL >= 1.16, ``chunked_nll`` in 1.9, logits + ``cross_entropy`` in 0.24) vs ``ScaleSFTTrainer``;
+- ``--host axolotl``: stock ``AxolotlTrainer`` (a ``transformers.Trainer``, not TRL's SFTTrainer: its
+  SFT loss is the model's own ``ForCausalLMLoss`` on the logits, as long as no loss plugin such as
+  ``chunked_cross_entropy``, Liger or Cut Cross Entropy is configured) vs ``ScaleAxolotlTrainer``
+  (SCALe's fused head, :mod:`scale_plugins.hf.head`); ``--trl-reference`` adds TRL's stock
+  ``SFTTrainer`` of the same environment as a third arm;
+- ``--host llamafactory``: stock ``CustomSeq2SeqTrainer`` (the model's ``ForCausalLMLoss`` on the
+  logits) vs ``ScaleSeq2SeqTrainer`` (SCALe's fused head).
+
+The Axolotl and LLaMA-Factory arms are the hosts' trainer classes, fed pre-packed rows through
+``transformers``' default collator (not the hosts' dataset pipelines, which do not change the loss).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
@@ -44,6 +62,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--trainer-hidden", type=int, default=256)
     p.add_argument("--trainer-seq", type=int, default=1024)
+    p.add_argument(
+        "--host",
+        choices=["auto", *HOSTS],
+        default="auto",
+        help="whose trainer --trainer compares (auto: axolotl, else llamafactory, else trl, by what is installed)",
+    )
+    p.add_argument(
+        "--trl-reference",
+        action="store_true",
+        help="with --trainer and a host other than trl: also run TRL's stock SFTTrainer of this environment",
+    )
+
+
+#: host -> (stock arm, SCALe arm, what the stock arm's loss is)
+HOSTS: dict[str, tuple[str, str, str]] = {
+    "trl": ("SFTTrainer", "ScaleSFTTrainer", "TRL's default SFT loss"),
+    "axolotl": (
+        "AxolotlTrainer",
+        "ScaleAxolotlTrainer",
+        "the model's ForCausalLMLoss on the [B, T, V] logits (transformers.Trainer.compute_loss)",
+    ),
+    "llamafactory": (
+        "CustomSeq2SeqTrainer",
+        "ScaleSeq2SeqTrainer",
+        "the model's ForCausalLMLoss on the [B, T, V] logits (transformers.Trainer.compute_loss)",
+    ),
+}
 
 
 def _labels(batch: int, seq: int, vocab: int, think_id: int, close_id: int) -> torch.Tensor:
@@ -199,6 +244,13 @@ def tagging_throughput(tokens: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
+    except OSError:
+        return "unknown"
+
+
 def _gib(x: float) -> str:
     return f"{x / 2**30:.2f} GiB"
 
@@ -212,6 +264,7 @@ def main(ns: argparse.Namespace) -> int:
         f"{'; SCALe arm: fused head (no logits)' if args['fused'] and not args['from_logits'] else ''};"
         f" median of {args['repeats']} runs"
     )
+    print(f"load average at the start: {_load()}")
     if not args["skip_loss"]:
         print(
             f"{'hidden':>7} {'stock time':>11} {'SCALe time':>11} {'time ratio':>10} {'stock peak':>11} {'SCALe peak':>11} {'mem ratio':>9}"
@@ -225,34 +278,41 @@ def main(ns: argparse.Namespace) -> int:
             )
     if args["trainer"]:
         run_trainer_bench(args)
+    print(f"load average at the end: {_load()}")
     if args["tagging_tokens"] > 0:
         rate = tagging_throughput(args["tagging_tokens"])
         print(f"tagging throughput (1 core, Qwen2.5 BPE, multi-piece tags, packed 8x4096): {rate / 1e6:.1f}M tokens/s")
     return 0
 
 
-def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, float]:
-    """Steps of stock SFTTrainer or ScaleSFTTrainer on the same tiny Qwen-vocabulary model and batches."""
-    import datasets
-    from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+def _versions(host: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    from .data import load_bundled
-    from .hf.tiny import qwen_tokenizer, tiny_causal_lm
-    from .trl import ScaleSFTConfig, ScaleSFTTrainer
+    names = ["torch", "transformers", "trl"] + ([host] if host != "trl" else [])
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            out.append(f"{name} -")
+    return ", ".join(out)
 
-    if args["threads"]:
-        torch.set_num_threads(args["threads"])
-    tokenizer = qwen_tokenizer(qwen3_specials=False)
-    model = tiny_causal_lm(tokenizer, hidden_size=args["trainer_hidden"], num_layers=2)
-    data = datasets.Dataset.from_list([{"messages": s["messages"]} for s in load_bundled()[:256]])
-    common = dict(
+
+def resolve_host(host: str) -> str:
+    if host != "auto":
+        return host
+    for name in ("axolotl", "llamafactory"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    return "trl"
+
+
+def _common_args(args: dict[str, Any]) -> dict[str, Any]:
+    """TrainingArguments fields every arm shares."""
+    return dict(
         output_dir="/tmp/scale_bench_trainer",
         max_steps=args["repeats"] + 2,
         per_device_train_batch_size=args["batch"],
-        packing=True,
-        max_length=args["trainer_seq"],
-        assistant_only_loss=True,
         use_cpu=args["device"] == "cpu",
         bf16=args["dtype"] == "bfloat16",
         gradient_checkpointing=False,
@@ -262,8 +322,120 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, float]:
         disable_tqdm=True,
         seed=0,
     )
-    config_cls, trainer_cls = (SFTConfig, SFTTrainer) if kind == "stock" else (ScaleSFTConfig, ScaleSFTTrainer)
-    trainer = trainer_cls(model=model, args=config_cls(**common), train_dataset=data, processing_class=tokenizer)
+
+
+def _packed_rows(tokenizer: Any, seq: int, rows: int) -> list[dict[str, list[int]]]:
+    """``rows`` rows of exactly ``seq`` tokens: the bundled CoT samples (assistant turns supervised) packed greedily,
+    position ids restarting at every sample, the rest of a row padded (label -100)."""
+    from .cli import encode_sample
+    from .data import load_bundled
+
+    samples = [encode_sample(tokenizer, s, assistant_only_loss=True) for s in load_bundled()[:256]]
+    pad = tokenizer.pad_token_id
+    out: list[dict[str, list[int]]] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    pos: list[int] = []
+    k = 0
+    while len(out) < rows:
+        i, lab = samples[k % len(samples)]
+        i, lab = i[:seq], lab[:seq]
+        k += 1
+        if len(ids) + len(i) > seq:
+            rest = seq - len(ids)
+            out.append(
+                {
+                    "input_ids": ids + [pad] * rest,
+                    "labels": labels + [-100] * rest,
+                    "position_ids": pos + list(range(rest)),
+                }
+            )
+            ids, labels, pos = [], [], []
+        ids += i
+        labels += lab
+        pos += list(range(len(i)))
+    return out
+
+
+def _host_trainer(host: str, scale: bool, model: Any, tokenizer: Any, args: dict[str, Any]) -> Any:
+    """The Axolotl / LLaMA-Factory trainer of one arm."""
+    import datasets
+    from transformers import default_data_collator
+
+    from .core import ScaleOptions
+
+    rows = _packed_rows(tokenizer, args["trainer_seq"], args["batch"] * (args["repeats"] + 2))
+    data = datasets.Dataset.from_list(rows)
+    common = _common_args(args)
+    if host == "axolotl":
+        from axolotl.core.trainers.base import AxolotlTrainer
+        from axolotl.core.training_args import AxolotlTrainingArguments
+
+        cls: Any = AxolotlTrainer
+        if scale:
+            from .axolotl.trainer import ScaleAxolotlTrainer
+
+            cls = ScaleAxolotlTrainer.with_options(ScaleOptions())
+        return cls(
+            model=model,
+            args=AxolotlTrainingArguments(**common),
+            train_dataset=data,
+            data_collator=default_data_collator,
+            processing_class=tokenizer,
+        )
+    if host == "llamafactory":
+        from llamafactory.hparams import FinetuningArguments
+        from llamafactory.hparams import TrainingArguments as LFTrainingArguments
+        from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+
+        kwargs = dict(
+            processor=None,
+            model=model,
+            args=LFTrainingArguments(**common),
+            train_dataset=data,
+            data_collator=default_data_collator,
+            tokenizer=tokenizer,
+        )
+        if not scale:
+            return CustomSeq2SeqTrainer(FinetuningArguments(stage="sft", finetuning_type="full"), **kwargs)
+        from .llamafactory.hparams import ScaleFinetuningArguments
+        from .llamafactory.trainer import ScaleSeq2SeqTrainer
+
+        finetuning = ScaleFinetuningArguments(stage="sft", finetuning_type="full", use_scale_loss=True)
+        return ScaleSeq2SeqTrainer(finetuning, **kwargs)
+    raise ValueError(f"unknown host {host!r}")
+
+
+def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Steps of one arm on the same tiny Qwen-vocabulary model and batches. ``kind``: ``<host>:stock`` or
+    ``<host>:scale``."""
+    from transformers import TrainerCallback
+
+    from .hf.tiny import qwen_tokenizer, tiny_causal_lm
+
+    host, arm = kind.split(":")
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    tokenizer = qwen_tokenizer(qwen3_specials=False)
+    model = tiny_causal_lm(tokenizer, hidden_size=args["trainer_hidden"], num_layers=2)
+    if host == "trl":
+        import datasets
+        from trl import SFTConfig, SFTTrainer
+
+        from .data import load_bundled
+        from .trl import ScaleSFTConfig, ScaleSFTTrainer
+
+        data = datasets.Dataset.from_list([{"messages": s["messages"]} for s in load_bundled()[:256]])
+        common = dict(_common_args(args), packing=True, max_length=args["trainer_seq"], assistant_only_loss=True)
+        config_cls, trainer_cls = (SFTConfig, SFTTrainer) if arm == "stock" else (ScaleSFTConfig, ScaleSFTTrainer)
+        trainer = trainer_cls(model=model, args=config_cls(**common), train_dataset=data, processing_class=tokenizer)
+        loss_type = getattr(trainer.args, "loss_type", None)
+        path = f"loss_type={loss_type}" if loss_type else "logits + cross_entropy"
+        if arm == "scale":
+            path = "TRL's fused LM head" if getattr(trainer, "_scale_fused_head", False) else "SCALe's fused head"
+    else:
+        trainer = _host_trainer(host, arm == "scale", model, tokenizer, args)
+        path = "model's ForCausalLMLoss" if arm == "stock" else "SCALe's fused head"
     times: list[float] = []
 
     class Timer(TrainerCallback):
@@ -285,23 +457,51 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, float]:
         if args["device"] == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ) - base
-    return {"time": statistics.median(times[2:]), "peak": float(peak)}
+    fallbacks = dict(getattr(trainer, "_scale_fallbacks", {}) or {})
+    if fallbacks.get("logits_path"):
+        path = f"the logits (scale/logits_path = {fallbacks['logits_path']})"
+    return {"time": statistics.median(times[2:]), "peak": float(peak), "path": path}
 
 
 def _trainer_arm_in_process(kind: str, args: dict[str, Any], queue: Any) -> None:
     try:
         queue.put(_trainer_arm(kind, args))
     except BaseException as err:
-        queue.put({"error": repr(err)})
+        import traceback
+
+        queue.put({"error": f"{err!r}\n{traceback.format_exc()}"})
 
 
-def run_trainer_bench(args: dict[str, Any]) -> None:
-    print(
-        f"trainers: stock SFTTrainer vs ScaleSFTTrainer, tiny Qwen2 (hidden {args['trainer_hidden']}, vocab 151,680),"
-        f" packed batch {args['batch']} x {args['trainer_seq']}, median step time of {args['repeats']} steps"
+def _estimate(args: dict[str, Any]) -> str:
+    """What the loss part should hold, from the shapes alone."""
+    from .core.fused import CHUNK_VALUES
+
+    vocab = 151680
+    n = args["batch"] * args["trainer_seq"]
+    full = n * vocab * 4
+    chunk = min(n, max(1, CHUNK_VALUES // vocab)) * vocab * 4
+    return (
+        f"estimate: one float32 [B*T, V] buffer = {_gib(full)}; the stock logits path holds the logits, the saved"
+        f" log-softmax and its gradient (about 3 x {_gib(full)} = {_gib(3 * full)}) on top of the model, gradients"
+        f" and optimizer state; SCALe's fused head about two chunks of {_gib(chunk)} and no [B, T, V] tensor"
     )
-    results = {}
-    for kind in ("stock", "scale"):
+
+
+def run_trainer_bench(args: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    host = resolve_host(args.get("host", "auto"))
+    stock_name, scale_name, stock_loss = HOSTS[host]
+    print(
+        f"trainers ({host}: {_versions(host)}): stock {stock_name} ({stock_loss}) vs {scale_name};"
+        f" tiny Qwen2 (hidden {args['trainer_hidden']}, 2 layers, vocab 151,680), packed batch {args['batch']} x"
+        f" {args['trainer_seq']}, median step time of {args['repeats']} steps after 2 warm-up steps, each arm in its"
+        " own process"
+    )
+    print(_estimate(args))
+    kinds = [f"{host}:stock", f"{host}:scale"]
+    if args.get("trl_reference") and host != "trl":
+        kinds.append("trl:stock")
+    results: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         proc = ctx.Process(target=_trainer_arm_in_process, args=(kind, args, queue))
@@ -310,11 +510,20 @@ def run_trainer_bench(args: dict[str, Any]) -> None:
         proc.join()
         if "error" in results[kind]:
             raise RuntimeError(f"{kind} trainer failed: {results[kind]['error']}")
-    stock, ours = results["stock"], results["scale"]
-    print(
-        f"{'':>7} {'stock step':>11} {'SCALe step':>11} {'time ratio':>10} {'stock peak':>11} {'SCALe peak':>11} {'mem ratio':>9}"
-    )
-    print(
-        f"{'trainer':>7} {stock['time']:>10.3f}s {ours['time']:>10.3f}s {ours['time'] / stock['time']:>10.3f} "
-        f"{_gib(stock['peak']):>11} {_gib(ours['peak']):>11} {ours['peak'] / max(stock['peak'], 1):>9.3f}"
-    )
+    ours = results[f"{host}:scale"]
+    print(f"{'arm':<34} {'loss path':<34} {'step':>9} {'peak':>10}")
+    for kind, r in results.items():
+        h, arm = kind.split(":")
+        name = {"stock": HOSTS[h][0], "scale": HOSTS[h][1]}[arm]
+        label = f"{name} ({h})" if h != host else name
+        print(f"{label:<34} {r['path']:<34} {r['time']:>8.3f}s {_gib(r['peak']):>10}")
+    for kind, r in results.items():
+        if kind == f"{host}:scale":
+            continue
+        h = kind.split(":")[0]
+        name = HOSTS[h][0] + (f" ({h})" if h != host else "")
+        print(
+            f"ratio {scale_name} / {name}: time {ours['time'] / r['time']:.3f}, peak memory"
+            f" {ours['peak'] / max(r['peak'], 1):.3f}"
+        )
+    return results

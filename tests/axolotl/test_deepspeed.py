@@ -27,8 +27,12 @@ def first_step(command: list[str], runs: dict[str, Any], workdir: Path, env: dic
     spec, out = workdir / "runs.json", workdir / "results.json"
     spec.write_text(json.dumps(runs))
     distributed = ["--cpu-distributed"] if "torchrun" in command[0] else []
-    run_ok([*command, str(DRIVER), str(spec), str(out), *distributed], workdir, 300, env=env)
+    output = run_ok([*command, str(DRIVER), str(spec), str(out), *distributed], workdir, 300, env=env)
     (run,) = json.loads(out.read_text()).values()
+    # the loss came from SCALe's fused head (scale_plugins.hf.head), never from the [B, T, V] logits: the fallback
+    # is neither logged nor counted (`scale/logits_path`)
+    assert "logits_path" not in output, output[-3000:]
+    assert not any("scale/logits_path" in entry for entry in run["log_history"]), run["log_history"]
     return {**run, **next(entry for entry in run["log_history"] if "loss" in entry)}
 
 

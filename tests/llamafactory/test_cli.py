@@ -49,6 +49,7 @@ def single_process(tiny, patched, tmp_path_factory):
 def _assert_same_steps(distributed, single):
     assert len(distributed) == len(single) == 2
     for dist, ref in zip(distributed, single, strict=True):
+        assert "scale/logits_path" not in ref  # the reference took SCALe's fused head too
         assert dist["scale/answer_weight"] == pytest.approx(ref["scale/answer_weight"])
         assert dist["scale/think_tokens"] == ref["scale/think_tokens"]
         assert dist["loss"] == pytest.approx(ref["loss"], abs=1e-5)
@@ -63,7 +64,12 @@ def _train_two_workers(tiny, tmp_path, env=None, **overrides):
     assert result.returncode == 0, output[-3000:]
     for rank in (0, 1):
         assert f"SCALe loss active on rank {rank} of 2 (ScaleSeq2SeqTrainer)" in output
-    return step_logs(out)
+    # the loss came from SCALe's fused head (scale_plugins.hf.head), never from the [B, T, V] logits: the fallback
+    # is neither logged nor counted (`scale/logits_path`)
+    assert "logits_path" not in output, output[-3000:]
+    logs = step_logs(out)
+    assert not any("scale/logits_path" in entry for entry in logs), logs
+    return logs
 
 
 @pytest.mark.slow

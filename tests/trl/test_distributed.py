@@ -36,6 +36,7 @@ def reference(tokenizer, tmp_path_factory):
             model=helpers.model(tokenizer), args=config, train_dataset=helpers.dataset(8), processing_class=tokenizer
         )
         trainer.train()
+        assert not any("scale/logits_path" in r for r in trainer.state.log_history), trainer.state.log_history
         row = next(r for r in trainer.state.log_history if "scale/answer_weight" in r)
         out[normalization] = {
             "loss": row["loss"],
@@ -77,6 +78,9 @@ def launch(tmp_path, *extra: str, env: dict | None = None) -> dict:
     }
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600, cwd=HERE.parents[1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    # no rank fell back to the [B, T, V] logits (TRL's fused LM head, or SCALe's own on TRL without it): the
+    # fallback is logged once with its counter's name, `scale/logits_path`
+    assert "logits_path" not in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads(out.read_text())
 
 
