@@ -1,45 +1,19 @@
-"""SCALe through LLaMA-Factory's own training entry (``run_exp``, patched) in this process: tiny model, CPU."""
+"""SCALe through LLaMA-Factory's own training entry (``run_exp``, patched) in this process: tiny model, CPU.
+
+The contract (equal weights == the stock loss, gradient accumulation, neat packing, resume, a refused mode) is
+tests/llamafactory/test_contract.py."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-from transformers import TrainerCallback
 
 from scale_plugins.core import ScaleOptions, answer_weight
 
 from .helpers import json_state, train_config, train_in_process
 
 pytestmark = pytest.mark.slow
-
-
-class _Recorder(TrainerCallback):
-    """Records the number of training rows (packed rows when packing)."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.rows = len(kwargs["train_dataloader"].dataset)
-
-
-def test_equal_weights_token_normalization_match_the_stock_loss(tiny, patched, tmp_path):
-    # batch 2 x 2 accumulation steps: also checks that the step's loss is not divided by the accumulation again
-    common = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2)
-    stock = train_in_process(train_config(tiny, tmp_path / "stock", use_scale_loss=None, **common))
-    equal = train_in_process(
-        train_config(
-            tiny,
-            tmp_path / "scale",
-            scale_schedule="constant",
-            scale_answer_weight_start=0.5,
-            scale_normalization="token",
-            **common,
-        )
-    )
-    assert not any(key.startswith("scale/") for key in stock[0]), "the stock run must not use SCALe"
-    assert equal[0]["scale/answer_weight"] == 0.5 and equal[0]["scale/think_tokens"] > 0
-    assert equal[0]["loss"] == pytest.approx(stock[0]["loss"], abs=1e-5)
-    assert equal[0]["grad_norm"] == pytest.approx(stock[0]["grad_norm"], rel=1e-5)
-    assert equal[1]["loss"] == pytest.approx(stock[1]["loss"], abs=1e-4)
 
 
 def test_scale_changes_the_loss_when_weights_differ(tiny, patched, tmp_path):
@@ -52,33 +26,6 @@ def test_scale_changes_the_loss_when_weights_differ(tiny, patched, tmp_path):
     assert weight == pytest.approx(0.9) and scale[0]["scale/answer_weight"] == pytest.approx(weight)
     assert scale[0]["loss"] == pytest.approx((1 - weight) * think + weight * answer, rel=1e-3)
     assert abs(scale[0]["loss"] - stock[0]["loss"]) > 1e-4
-
-
-def test_neat_packing_matches_unpacked(tiny, patched, tmp_path):
-    """Per-sample means respect sample boundaries inside packed rows (position_ids restart at 0)."""
-    # 6 samples in one optimizer step either way; cutoff 256 packs ~3 samples per row
-    common = dict(cutoff_len=256, max_samples=6, per_device_train_batch_size=8, max_steps=1)
-    unpacked_rows, packed_rows = _Recorder(), _Recorder()
-    unpacked = train_in_process(train_config(tiny, tmp_path / "unpacked", **common), [unpacked_rows])
-    packed = train_in_process(
-        train_config(tiny, tmp_path / "packed", packing=True, neat_packing=True, **common), [packed_rows]
-    )
-    assert unpacked_rows.rows == 6 and packed_rows.rows < 6, "the packed run must put several samples in a row"
-    for key in ("scale/think_tokens", "scale/answer_tokens"):
-        assert packed[0][key] == unpacked[0][key]
-    for key in ("loss", "scale/think_loss", "scale/answer_loss"):
-        assert packed[0][key] == pytest.approx(unpacked[0][key], abs=1e-5)
-    assert packed[0]["grad_norm"] == pytest.approx(unpacked[0]["grad_norm"], rel=1e-5)
-
-
-def test_gradient_accumulation_is_exact_with_sample_normalization(tiny, patched, tmp_path):
-    one = train_in_process(train_config(tiny, tmp_path / "one", per_device_train_batch_size=4))
-    accumulated = train_in_process(
-        train_config(tiny, tmp_path / "acc", per_device_train_batch_size=1, gradient_accumulation_steps=4)
-    )
-    for a, b in zip(one, accumulated, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
 
 
 def test_weights_follow_the_configured_schedule(tiny, patched, tmp_path):

@@ -1,0 +1,95 @@
+"""The SCALe contract (tests/contract.py) on ScaleSFTTrainer, against stock SFTTrainer, in this process.
+
+Runs on every TRL the envs pin (1.16 here, 1.9 in the axolotl env, 0.24 in the llamafactory env)."""
+
+from __future__ import annotations
+
+import functools
+import gc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trl import SFTConfig, SFTTrainer
+
+from scale_plugins.core import PREFIX
+from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
+
+from ..contract import EQUAL, SAMPLES, Run, RunResult, ScaleContract, step_recorder
+from . import helpers
+
+pytestmark = pytest.mark.slow
+
+
+@functools.cache
+def _tokenizer():
+    from scale_plugins.hf.tiny import bpe_tokenizer
+
+    return bpe_tokenizer()
+
+
+class TestTRLContract(ScaleContract):
+    refused = ({"label_smoothing_factor": 0.1}, "label_smoothing_factor")
+
+    @property
+    def tokenizer(self):
+        return _tokenizer()
+
+    def trainer(
+        self, run: Run, output_dir: Path, host_config: dict[str, Any] | None = None, kind: str = "prompt-completion"
+    ) -> SFTTrainer:
+        kwargs: dict[str, Any] = dict(
+            per_device_train_batch_size=run.per_device,
+            gradient_accumulation_steps=run.grad_accum,
+            max_steps=run.max_steps,
+            **(host_config or {}),
+        )
+        if run.packing:
+            kwargs.update(packing=True, max_length=4096)
+        if run.save_steps:
+            kwargs.update(save_strategy="steps", save_steps=run.save_steps)
+        if run.scale:
+            kwargs.update({PREFIX + key: value for key, value in run.options.items()})
+        cls, config = (ScaleSFTTrainer, ScaleSFTConfig) if run.scale else (SFTTrainer, SFTConfig)
+        return cls(
+            model=helpers.model(self.tokenizer),
+            args=helpers.config(config, output_dir, **kwargs),
+            train_dataset=helpers.dataset(SAMPLES, kind=kind),
+            processing_class=self.tokenizer,
+        )
+
+    def run(self, run: Run, output_dir: Path, resume_from: Path | None, **trainer_kwargs: Any) -> RunResult:
+        trainer = self.trainer(run, output_dir, **trainer_kwargs)
+        if run.packing:  # all samples in one packed row
+            batch = next(iter(trainer.get_train_dataloader()))
+            assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"] == 0).sum()) == SAMPLES
+        recorder = step_recorder()
+        trainer.add_callback(recorder)
+        # the trainer's clean-ups call gc.collect(), each a walk over every object of this test process (most of
+        # a tiny run's time): keep what exists before the run out of the collector while it trains
+        gc.freeze()
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:
+            gc.unfreeze()
+        params = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        return RunResult(recorder.rows, params)
+
+    def start(self, host_config: dict[str, Any], workdir: Path) -> None:
+        self.trainer(Run(), workdir, host_config)
+
+    # -- TRL specifics --------------------------------------------------------------------------------------
+
+    def test_equal_weights_give_the_stock_loss_on_messages_with_assistant_only_loss(self, tmp_path):
+        """The equal-weights contract on conversational data, supervised through TRL's assistant masks."""
+        messages = dict(host_config={"assistant_only_loss": True}, kind="messages")
+        stock = self.run(Run(scale=False, max_steps=1), tmp_path / "stock", None, **messages)
+        equal = self.run(Run(options=EQUAL, max_steps=1), tmp_path / "equal", None, **messages)
+        self.assert_stock_equivalent(equal, stock)
+
+    def test_equal_weights_keep_trls_metrics(self, contract_runs):
+        """TRL's entropy / token accuracy / token count come out as stock SFTTrainer logs them (TRL >= 1.x: its
+        fused head; older: SCALe computes them from the logits)."""
+        for ours, stock in zip(contract_runs["equal"].rows, contract_runs["stock"].rows, strict=True):
+            for metric in ("entropy", "mean_token_accuracy", "num_tokens"):
+                assert ours[metric] == pytest.approx(stock[metric], rel=1e-5), metric
