@@ -69,6 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="whose trainer --trainer compares (auto: axolotl, else llamafactory, else trl, by what is installed)",
     )
     p.add_argument(
+        "--scale-own-head",
+        action="store_true",
+        help="experiment, --host trl on TRL >= 1.16: the SCALe arm uses SCALe's own fused head (hf.head) instead of"
+        " the log-probs of TRL's fused LM head",
+    )
+    p.add_argument(
         "--trl-reference",
         action="store_true",
         help="with --trainer and a host other than trl: also run TRL's stock SFTTrainer of this environment",
@@ -81,12 +87,12 @@ HOSTS: dict[str, tuple[str, str, str]] = {
     "axolotl": (
         "AxolotlTrainer",
         "ScaleAxolotlTrainer",
-        "the model's ForCausalLMLoss on the [B, T, V] logits (transformers.Trainer.compute_loss)",
+        "the model's ForCausalLMLoss on the [B, T, V] logits, from transformers.Trainer.compute_loss",
     ),
     "llamafactory": (
         "CustomSeq2SeqTrainer",
         "ScaleSeq2SeqTrainer",
-        "the model's ForCausalLMLoss on the [B, T, V] logits (transformers.Trainer.compute_loss)",
+        "the model's ForCausalLMLoss on the [B, T, V] logits, from transformers.Trainer.compute_loss",
     ),
 }
 
@@ -429,10 +435,20 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         common = dict(_common_args(args), packing=True, max_length=args["trainer_seq"], assistant_only_loss=True)
         config_cls, trainer_cls = (SFTConfig, SFTTrainer) if arm == "stock" else (ScaleSFTConfig, ScaleSFTTrainer)
         trainer = trainer_cls(model=model, args=config_cls(**common), train_dataset=data, processing_class=tokenizer)
+        from .trl.trainer import _has_fused_head
+
+        trl_head = _has_fused_head(trainer.model)
         loss_type = getattr(trainer.args, "loss_type", None)
-        path = f"loss_type={loss_type}" if loss_type else "logits + cross_entropy"
+        if trl_head:
+            path = f"TRL's fused LM head ({loss_type})"
+        elif loss_type == "chunked_nll":
+            path = "TRL's chunked_nll (no logits)"
+        else:
+            path = f"model's ForCausalLMLoss ({loss_type})"
         if arm == "scale":
-            path = "TRL's fused LM head" if getattr(trainer, "_scale_fused_head", False) else "SCALe's fused head"
+            if trl_head and args.get("scale_own_head"):
+                trainer._scale_fused_head = False  # experiment: SCALe's own fused head (hf.head) on TRL >= 1.16 too
+            path = "TRL's fused LM head" if trainer._scale_fused_head else "SCALe's fused head"
     else:
         trainer = _host_trainer(host, arm == "scale", model, tokenizer, args)
         path = "model's ForCausalLMLoss" if arm == "stock" else "SCALe's fused head"
