@@ -13,6 +13,10 @@ Within a seed every arm has the same model initialisation, data, data order, ste
 GRPO arms get the same GRPO budget. Evaluation is greedy generation on a held-out split that shares no question
 with the training split: answer accuracy (``accuracy_reward``), malformed rate (``format_reward == 0``), mean
 think length in tokens, and training wall time of SFT and GRPO. Writes ``results.json``, ``results.md`` and plots.
+
+``--model smollm2`` runs the comparison on a real pretrained instruct model instead (SmolLM2-135M-Instruct + LoRA,
+bf16 on CPU, built-in task families or your ``--train-file`` / ``--eval-file``):
+:mod:`scale_plugins.tools.paper.pretrained`. docs/results.md reports both.
 """
 
 from __future__ import annotations
