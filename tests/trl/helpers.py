@@ -8,15 +8,17 @@ import datasets
 from scale_plugins.data import synthetic_cot
 from scale_plugins.hf.tiny import tiny_causal_lm
 
-_MODEL_CACHE: dict[int, Any] = {}
+_MODEL_CACHE: dict[tuple[str, int, int], Any] = {}
 # eval metrics that must not depend on the eval batch size or the number of ranks
 EVAL_KEYS = ("eval_scale/think_loss", "eval_scale/answer_loss", "eval_scale/ce", "eval_scale/answer_tokens")
 
 
 def model(tokenizer, seed: int = 0):
-    if seed not in _MODEL_CACHE:
-        _MODEL_CACHE[seed] = tiny_causal_lm(tokenizer, hidden_size=32, num_layers=2, seed=seed)
-    return copy.deepcopy(_MODEL_CACHE[seed])
+    # keyed by the tokenizer too: a model sized for another tokenizer's vocabulary must never be handed out
+    key = (tokenizer.name_or_path, len(tokenizer), seed)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = tiny_causal_lm(tokenizer, hidden_size=32, num_layers=2, seed=seed)
+    return copy.deepcopy(_MODEL_CACHE[key])
 
 
 def save_model(path, tokenizer):
