@@ -109,7 +109,7 @@ def test_schedules_endpoints_and_monotonic(schedule):
 
 def test_cosine_against_its_formula_first_and_last_step():
     """Step k of max_steps trains at p = k / (max_steps - 1): the last optimizer step uses the end weight.
-    (A resumed run gets the same weights: tests/trl/test_trainer.py::test_resume_continues_the_schedule_exactly.)"""
+    (A resumed run gets the same weights: tests/contract.py, ScaleContract.test_resume_continues_exactly, run by every host.)"""
     o = ScaleOptions()
     # 10 optimizer steps, global_step 0..9: the first at 0.1, the last at exactly 0.9 (not 0.880)
     got = [answer_weight(k, 10, o) for k in range(10)]
