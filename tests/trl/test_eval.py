@@ -14,11 +14,13 @@ from . import helpers
 KEYS = ("eval_scale/think_loss", "eval_scale/answer_loss", "eval_scale/ce")
 
 
-def _trainer(tmp_path, tokenizer, cls=ScaleSFTTrainer, config=ScaleSFTConfig, **kwargs):
+def _trainer(tmp_path, tokenizer, cls=ScaleSFTTrainer, config=ScaleSFTConfig, eval_data=None, **kwargs):
+    # the eval set is given at construction: every TRL version (0.24 too) prepares it there
     return cls(
         model=helpers.model(tokenizer),
         args=helpers.config(config, tmp_path, **kwargs),
         train_dataset=helpers.dataset(8),
+        eval_dataset=eval_data,
         processing_class=tokenizer,
     )
 
@@ -27,7 +29,7 @@ def _reference(trainer, data) -> dict[str, float]:
     """Explicit loops over the eval set, one sample at a time: segment means and the token-mean CE."""
     model = trainer.model.eval()
     collator = trainer.data_collator
-    dataset = trainer._prepare_dataset(data, trainer.processing_class, trainer.args, False, None, "eval")
+    dataset = trainer.eval_dataset  # tokenized by the trainer
     per_sample = {1: [], 2: []}
     per_token = {1: [], 2: [], "all": []}
     for row in dataset:
@@ -58,12 +60,13 @@ def test_eval_metrics_do_not_depend_on_batch_size_or_progress(tmp_path, tokenize
         trainer = _trainer(
             tmp_path / str(batch_size),
             tokenizer,
+            eval_data=data,
             per_device_eval_batch_size=batch_size,
             scale_normalization=normalization,
         )
-        results.append(trainer.evaluate(data))
+        results.append(trainer.evaluate())
     trainer.state.global_step, trainer.state.max_steps = 9, 10  # late in training: answer-heavy weights
-    results.append(trainer.evaluate(data))
+    results.append(trainer.evaluate())
     reference = _reference(trainer, data)
     for metrics in results:
         for key in KEYS:
@@ -75,12 +78,14 @@ def test_eval_metrics_do_not_depend_on_batch_size_or_progress(tmp_path, tokenize
 def test_eval_loss_is_the_stock_eval_loss(tmp_path, tokenizer):
     """eval_loss is the plain CE the stock trainer reports, at any point of the schedule."""
     data = helpers.dataset(6, seed=4)
-    stock = _trainer(tmp_path / "a", tokenizer, cls=SFTTrainer, config=SFTConfig, per_device_eval_batch_size=2)
-    ours = _trainer(tmp_path / "b", tokenizer, per_device_eval_batch_size=2)
-    want = stock.evaluate(data)["eval_loss"]
-    assert ours.evaluate(data)["eval_loss"] == pytest.approx(want, rel=1e-5)
+    stock = _trainer(
+        tmp_path / "a", tokenizer, cls=SFTTrainer, config=SFTConfig, eval_data=data, per_device_eval_batch_size=2
+    )
+    ours = _trainer(tmp_path / "b", tokenizer, eval_data=data, per_device_eval_batch_size=2)
+    want = stock.evaluate()["eval_loss"]
+    assert ours.evaluate()["eval_loss"] == pytest.approx(want, rel=1e-5)
     ours.state.global_step, ours.state.max_steps = 9, 10
-    assert ours.evaluate(data)["eval_loss"] == pytest.approx(want, rel=1e-5)
+    assert ours.evaluate()["eval_loss"] == pytest.approx(want, rel=1e-5)
 
 
 def test_best_checkpoint_metric_is_usable(tmp_path, tokenizer):
