@@ -225,8 +225,8 @@ def tagging_throughput(tokens: int) -> float:
 
     torch.set_num_threads(1)
     try:
-        from .cli import encode_sample
         from .hf.tiny import qwen_tokenizer
+        from .tools.inspect import encode_sample
 
         tokenizer = qwen_tokenizer(qwen3_specials=False)
     except ImportError:
@@ -333,8 +333,8 @@ def _common_args(args: dict[str, Any]) -> dict[str, Any]:
 def _packed_rows(tokenizer: Any, seq: int, rows: int) -> list[dict[str, list[int]]]:
     """``rows`` rows of exactly ``seq`` tokens: the bundled CoT samples (assistant turns supervised) packed greedily,
     position ids restarting at every sample, the rest of a row padded (label -100)."""
-    from .cli import encode_sample
     from .data import load_bundled
+    from .tools.inspect import encode_sample
 
     samples = [encode_sample(tokenizer, s, assistant_only_loss=True) for s in load_bundled()[:256]]
     pad = tokenizer.pad_token_id

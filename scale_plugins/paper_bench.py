@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import synthetic_cot
+from .tools.paper.common import pyplot, segment_ce
 
 ARMS = ("sft", "scale_sft", "sft_grpo", "scale_sft_grpo")
 ARM_LABELS = {
@@ -221,52 +222,6 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
             )
             out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return out
-
-
-def segment_ce(model: Any, tokenizer: Any, samples: list[dict[str, Any]], batch_size: int = 64) -> dict[str, float]:
-    """Teacher-forced cross-entropy of the gold completions, pooled over the think and the answer tokens.
-
-    The segments are the ones SCALe trains on (the core's tagger, default tags): think = ``<think>`` through
-    ``</think>``; answer = the rest of the assistant turn (``<answer>`` tags, the number, end of turn).
-    """
-    import torch
-
-    from .cli import encode_sample
-    from .core import ScaleOptions, SegmentTagger
-
-    tagger = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions())
-    totals = torch.zeros(3, dtype=torch.float64)
-    counts = torch.zeros(3, dtype=torch.float64)
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(samples), batch_size):
-            encoded = [
-                _through_eos(*encode_sample(tokenizer, s), tokenizer.eos_token_id) for s in samples[i : i + batch_size]
-            ]
-            width = max(len(ids) for ids, _ in encoded)
-            ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x, _ in encoded])
-            labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in encoded])
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded])
-            segments = tagger.tag(labels, shift=True).segment_ids
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
-            ce = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
-            ).double()
-            for seg in (1, 2):
-                chosen = segments == seg
-                totals[seg] += ce[chosen].sum()
-                counts[seg] += chosen.sum()
-    return {
-        "think_ce": float(totals[1] / counts[1]) if counts[1] else float("nan"),
-        "answer_ce": float(totals[2] / counts[2]) if counts[2] else float("nan"),
-    }
-
-
-def _through_eos(ids: list[int], labels: list[int], eos: int) -> tuple[list[int], list[int]]:
-    """Cut after the last end-of-turn token: the template's newline after it is not trained (assistant-only loss)."""
-    end = max((i for i, t in enumerate(ids) if t == eos), default=len(ids) - 1) + 1
-    return ids[:end], labels[:end]
 
 
 def evaluate(
@@ -511,23 +466,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plots written")
-        return None
-    return plt
-
-
 COLOURS = {"sft": "tab:blue", "scale_sft": "tab:orange", "sft_grpo": "tab:cyan", "scale_sft_grpo": "tab:red"}
 
 
 def plot_accuracy_vs_time(records: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -584,7 +527,7 @@ def _curves(records: list[dict[str, Any]], arm: str, key: str) -> tuple[list[flo
 
 
 def plot_training(records: list[dict[str, Any]], path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))

@@ -141,7 +141,7 @@ def test_inspect_prompt_completion_shows_the_eos_the_trainer_appends(tmp_path, c
 
 def test_inspect_without_trl_uses_its_copy_and_says_so(tmp_path, capsys, monkeypatch):
     pytest.importorskip("transformers")
-    import scale_plugins.cli as cli
+    import scale_plugins.tools.inspect as cli
 
     def no_trl(*args, **kwargs):
         raise ImportError("no trl")
@@ -241,7 +241,7 @@ def test_inspect_tokens_and_masks_equal_the_trainers(name, kind, fields, tokeniz
     """inspect's input_ids and supervised mask are the rows ScaleSFTTrainer (TRL's SFTTrainer) trains, EOS included,
     through TRL's own preparation and through scale-plugins' copy of it (the path without TRL)."""
     pytest.importorskip("trl")
-    import scale_plugins.cli as cli
+    import scale_plugins.tools.inspect as cli
     from scale_plugins.hf.tiny import qwen_tokenizer
 
     tokenizer = qwen_tokenizer(qwen3_specials=tokenizer_name == "qwen3")

@@ -343,7 +343,7 @@ def score(family: str, completions: list[str], samples: list[dict], tokenizer: A
 def evaluate(
     family: str, model: Any, tokenizer: Any, samples: list[dict], size: PretrainedSize, with_ce: bool = True
 ) -> tuple[dict[str, float], list[str]]:
-    from ...paper_bench import segment_ce
+    from .common import segment_ce
 
     completions = generate(model, tokenizer, [s["prompt"] for s in samples], size.max_new_tokens, size.eval_batch_size)
     metrics = score(family, completions, samples, tokenizer)
@@ -587,7 +587,7 @@ def markdown(summary: dict, pairs: dict, tunings: dict) -> str:
 
 
 def _pyplot() -> Any:
-    from ...paper_bench import _pyplot as pyplot
+    from .common import pyplot
 
     return pyplot()
 
