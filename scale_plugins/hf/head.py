@@ -25,6 +25,7 @@ Imports torch and transformers-level code only (no trl / axolotl / llamafactory)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable
@@ -100,8 +101,14 @@ def unwrap(model: Any) -> Any:
 
 
 def _forward_source(base: Any) -> str | None:
+    return _class_forward_source(type(base))
+
+
+@functools.cache
+def _class_forward_source(cls: type) -> str | None:
+    """Read once per model class: reading source is file I/O, and this runs on every training step."""
     try:
-        return inspect.getsource(type(base).forward)
+        return inspect.getsource(cls.forward)
     except (OSError, TypeError):
         return None
 

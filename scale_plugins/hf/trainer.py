@@ -240,17 +240,23 @@ class ScaleTrainerMixin:
         logits with the core's chunked weighted CE (a training fallback is logged once, counted in
         ``scale/logits_path``). The model gets no labels, so it never computes the stock loss.
         """
+        result = self.scale_head_loss(model, inputs, weights)
+        return result.loss, result.ce, result.outputs
+
+    def scale_head_loss(self, model: Any, inputs: dict[str, Any], weights: TokenWeights, stats: bool = False) -> Any:
+        """:func:`hf.head.per_token_loss` with this trainer's options: fused in training, fallbacks counted.
+        ``stats=True`` adds TRL's entropy / accuracy sums from the same pass."""
         from .head import per_token_loss
 
-        result = per_token_loss(
+        return per_token_loss(
             model,
             inputs,
             weights,
             self.scale_options.ignore_index,
             fused=bool(model.training),
+            stats=stats,
             on_fallback=self._scale_count_fallback,
         )
-        return result.loss, result.ce, result.outputs
 
     def scale_aux_loss(self, model: Any, outputs: Any) -> torch.Tensor | None:
         """The MoE router (load-balancing) loss the stock loss would add: ``router_aux_loss_coef * aux_loss`` when the
@@ -278,10 +284,6 @@ class ScaleTrainerMixin:
         else:
             counts = self._scale_step_counts
         weights = self.scale_weights(segments, counts)
-        if inputs.get("labels") is not None:
-            targets = shift_targets(inputs["labels"], self.scale_options.ignore_index)
-        else:
-            targets = inputs["shift_labels"]
         loss, ce, outputs = self.scale_per_token_loss(model, dict(inputs), segments, weights)
         loss = loss.float()
         aux = self.scale_aux_loss(model, outputs)
@@ -294,6 +296,10 @@ class ScaleTrainerMixin:
             # Evaluation: the loss is the plain token-mean CE of the batch, as the stock trainer reports it, so
             # eval_loss means the same at every step (not the step's schedule weights); the SCALe terms are in
             # eval_scale/* over the whole eval set.
+            if inputs.get("labels") is not None:
+                targets = shift_targets(inputs["labels"], self.scale_options.ignore_index)
+            else:
+                targets = inputs["shift_labels"]
             self._scale_eval.add(ce, segments, targets, self.scale_options.ignore_index)
             supervised = targets.reshape(-1).to(ce.device) != self.scale_options.ignore_index
             loss = ce.reshape(-1)[supervised].sum() / supervised.sum().clamp(min=1)

@@ -14,7 +14,6 @@ from ..core import (
     scale_loss_from_log_probs,
 )
 from ..hf import ScaleTrainerMixin
-from ..hf.head import per_token_loss
 from .config import ScaleSFTConfig
 
 
@@ -60,15 +59,7 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
         if not self._scale_fused_head:
             # TRL without its fused head: SCALe's own (hf.head), with TRL's entropy / accuracy sums made in the same
             # chunked pass over the hidden states (from the logits in row chunks where the logits path is taken)
-            result = per_token_loss(
-                model,
-                inputs,
-                weights,
-                self.scale_options.ignore_index,
-                fused=bool(model.training),
-                stats=True,
-                on_fallback=self._scale_count_fallback,
-            )
+            result = self.scale_head_loss(model, inputs, weights, stats=True)
             self._record_trl_metrics(inputs, result.count, result.entropy_sum, result.correct)
             return result.loss, result.ce, result.outputs
         outputs = model(**inputs, fused_lm_head=True)
