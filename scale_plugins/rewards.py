@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["REWARD_FUNCTIONS", "accuracy_reward", "format_reward", "perception_reward"]
+__all__ = ["REWARD_FUNCTIONS", "accuracy_reward", "extract_answer", "format_reward", "perception_reward"]
 
 try:  # optional: symbolic comparison of math answers
     from math_verify import parse as _mv_parse_fn
@@ -466,8 +466,18 @@ def _answer_matches(gold_raw: str, pred_raw: str, rel_tol: float) -> bool:
     return _math_verify_match(gold_raw, gold, pred_raw, pred)
 
 
-def _extracted_answer(text: str | None) -> str | None:
-    """Content of the single well-formed ``<answer>`` block without think tags inside; ``None`` otherwise."""
+def extract_answer(text: str | None) -> str | None:
+    """Content of the single well-formed ``<answer>`` block without think tags inside; ``None`` otherwise.
+
+    What :func:`accuracy_reward` compares with the gold answer; public for evaluation scripts that score the same way.
+
+    >>> extract_answer("<think>2 + 2 = 4</think><answer> 4 </answer>")
+    '4'
+    >>> extract_answer("<answer>4</answer><answer>5</answer>") is None
+    True
+    >>> extract_answer("no tags") is None
+    True
+    """
     if text is None:
         return None
     block = _single_block(text, "answer")
@@ -546,7 +556,7 @@ def accuracy_reward(
         if gold is None and answers is not None:
             gold = answers[index]
         golds = _gold_alternatives(gold)
-        predicted = _extracted_answer(_completion_text(completion))
+        predicted = extract_answer(_completion_text(completion))
         extracted_log.append("" if predicted is None else predicted[:200])
         if not golds:
             rewards.append(None)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from scale_plugins.cli import main
 from scale_plugins.data import bundled_path, load_bundled, synthetic_cot
+from scale_plugins.tools.cli import main
 
 
 def test_bundled_dataset_is_the_generator_output():
@@ -242,7 +242,7 @@ def test_inspect_tokens_and_masks_equal_the_trainers(name, kind, fields, tokeniz
     through TRL's own preparation and through scale-plugins' copy of it (the path without TRL)."""
     pytest.importorskip("trl")
     import scale_plugins.tools.inspect as cli
-    from scale_plugins.hf.tiny import qwen_tokenizer
+    from scale_plugins.testing import qwen_tokenizer
 
     tokenizer = qwen_tokenizer(qwen3_specials=tokenizer_name == "qwen3")
     expected = _trainer_rows(name, kind, fields, tokenizer, tmp_path)
@@ -270,7 +270,7 @@ def test_inspect_tokens_and_masks_equal_the_trainers(name, kind, fields, tokeniz
 
 def test_console_script_help():
     out = subprocess.run(
-        [sys.executable, "-m", "scale_plugins.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "scale_plugins", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for command in ("options", "inspect", "schedule", "demo", "bench", "trl-sft"):
         assert command in out
@@ -279,9 +279,42 @@ def test_console_script_help():
 @pytest.mark.slow
 def test_demo_smoke(tmp_path):
     pytest.importorskip("trl")
-    from scale_plugins.demo import run_demo
+    from scale_plugins.tools.demo import run_demo
 
     summary = run_demo(output_dir=str(tmp_path), max_steps=4, batch_size=4)
     assert summary["step"] == 4
     assert math.isfinite(summary["scale/answer_loss"]) and summary["scale/answer_tokens"] > 0
     assert (tmp_path / "scale_demo.png").exists() and (tmp_path / "log_history.json").exists()
+
+
+def test_builtin_tokenizer_without_qwen_tokenizer_names_the_extra(monkeypatch):
+    """`inspect --tokenizer builtin:qwen3` in an env without qwen-tokenizer: an error that says what to install."""
+    from scale_plugins import testing
+
+    testing.qwen_tokenizer.cache_clear()
+    monkeypatch.setitem(sys.modules, "qwen_tokenizer", None)  # import fails as if not installed
+    try:
+        with pytest.raises(ImportError, match=r"scale-plugins\[testing\]"):
+            testing.qwen_tokenizer()
+    finally:
+        testing.qwen_tokenizer.cache_clear()
+
+
+def test_the_trl_extra_installs_what_inspect_needs():
+    """`pip install scale-plugins[trl]` must be enough for `inspect --tokenizer builtin:qwen3` (not only the dev extra)."""
+    import tomllib
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    names = {req.split(">")[0].split("=")[0].split("[")[0] for req in extras["trl"]}
+    assert "qwen-tokenizer" in names and "trl" in names
+    assert {"qwen-tokenizer", "sentencepiece"} <= {req.split(">")[0] for req in extras["testing"]}
+
+
+def test_python_dash_m_scale_plugins_is_the_command(capsys):
+    out = subprocess.run(
+        [sys.executable, "-m", "scale_plugins", "real-model", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--dest" in out and "SmolLM2" in out

@@ -13,8 +13,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from scale_plugins import paper_bench as pb  # noqa: E402
 from scale_plugins.data import synthetic_cot  # noqa: E402
+from scale_plugins.tools.bench_paper import parse_scale_set  # noqa: E402
+from scale_plugins.tools.paper import scratch as pb  # noqa: E402
 
 
 def test_default_task_reproduces_synthetic_cot():
@@ -44,7 +45,7 @@ def test_answer_depends_on_the_trace():
 
 def test_score_completions():
     pytest.importorskip("transformers")
-    from scale_plugins.hf.tiny import bpe_tokenizer
+    from scale_plugins.testing import bpe_tokenizer
 
     completions = [
         "<think>\n3 + 4 = 7.\nAfter all the steps the value is 7.\n</think>\n<answer>7</answer>",  # right
@@ -62,18 +63,18 @@ def test_score_completions():
 
 def test_scale_set_parsing():
     pytest.importorskip("torch")
-    assert pb._parse_scale_set(["normalization=token", "schedule=linear", "answer_weight_end=0.5"]) == {
+    assert parse_scale_set(["normalization=token", "schedule=linear", "answer_weight_end=0.5"]) == {
         "normalization": "token",
         "schedule": "linear",
         "answer_weight_end": 0.5,
     }
     with pytest.raises(SystemExit):
-        pb._parse_scale_set(["no_such_option=1"])
+        parse_scale_set(["no_such_option=1"])
 
 
 def test_smoke_end_to_end(tmp_path):
     pytest.importorskip("trl")
-    from scale_plugins.cli import main
+    from scale_plugins.tools.cli import main
 
     out = tmp_path / "bench"
     assert main(["bench-paper", "--size", "smoke", "--seeds", "0", "1", "--output-dir", str(out)]) == 0

@@ -121,7 +121,7 @@ def test_load_user_file_formats(tmp_path):
 
 def test_score_mc():
     pytest.importorskip("transformers")
-    from scale_plugins.hf.tiny import bpe_tokenizer
+    from scale_plugins.testing import bpe_tokenizer
     from scale_plugins.tools.paper.pretrained import score
 
     sample = {"options": ["11", "12", "13", "14"], "value": "12", "solution": "B"}
@@ -191,7 +191,7 @@ def test_real_model_trains_two_steps_with_scale(smollm2_dir, tmp_path):
 @needs_model
 @pytest.mark.slow
 def test_smoke_end_to_end_and_resume(model_cache, tmp_path):
-    from scale_plugins.cli import main
+    from scale_plugins.tools.cli import main
     from scale_plugins.tools.paper import pretrained as pt
 
     out = tmp_path / "bench"
@@ -227,7 +227,7 @@ def test_smoke_end_to_end_and_resume(model_cache, tmp_path):
 @needs_model
 @pytest.mark.slow
 def test_user_data_through_train_and_eval_files(model_cache, tmp_path):
-    from scale_plugins.cli import main
+    from scale_plugins.tools.cli import main
 
     train, _, held = tasks.make_splits("arith", 12, 0, 3)
 

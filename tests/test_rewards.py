@@ -44,7 +44,7 @@ def test_doctests() -> None:
 
 def test_every_public_function_has_a_doctest() -> None:
     finder = doctest.DocTestFinder()
-    for name in ("format_reward", "accuracy_reward", "perception_reward"):
+    for name in [n for n in R.__all__ if inspect.isfunction(getattr(R, n))]:
         tests = finder.find(getattr(R, name), name)
         assert tests and tests[0].examples, name
 
@@ -53,7 +53,13 @@ def test_registry() -> None:
     assert REWARD_FUNCTIONS == {"format": format_reward, "accuracy": accuracy_reward, "perception": perception_reward}
     # TRL names each reward (logs, reward_weights order) by __name__
     assert [f.__name__ for f in REWARD_FUNCTIONS.values()] == ["format_reward", "accuracy_reward", "perception_reward"]
-    assert set(R.__all__) == {"REWARD_FUNCTIONS", "accuracy_reward", "format_reward", "perception_reward"}
+    assert set(R.__all__) == {
+        "REWARD_FUNCTIONS",
+        "accuracy_reward",
+        "extract_answer",
+        "format_reward",
+        "perception_reward",
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------

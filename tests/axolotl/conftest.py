@@ -1,7 +1,7 @@
 """Fixtures of the Axolotl adapter tests: a tiny local Qwen2 model and chain-of-thought JSONL data.
 
 Nothing is downloaded: the tokenizer is a small SentencePiece model trained on the spot
-(``scale_plugins.hf.tiny``), so ``<think>`` and ``</think>`` split into pieces like in Mistral/Gemma.
+(``scale_plugins.testing``), so ``<think>`` and ``</think>`` split into pieces like in Mistral/Gemma.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scale_plugins.hf.tiny import sentencepiece_tokenizer, tiny_causal_lm
+    from scale_plugins.testing import sentencepiece_tokenizer, tiny_causal_lm
 
     path = tmp_path_factory.mktemp("tiny_qwen2")
     tokenizer = sentencepiece_tokenizer(path)  # also saves the tokenizer there

@@ -331,7 +331,7 @@ def image_chat_samples(n: int, image_dir: Path, seed: int = 0) -> list[dict[str,
 
 @pytest.fixture(scope="module")
 def multimodal_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from scale_plugins.hf.tiny import tiny_llava
+    from scale_plugins.testing import tiny_llava
 
     workdir = tmp_path_factory.mktemp("coverage_multimodal")
     model_dir = workdir / "tiny_llava"

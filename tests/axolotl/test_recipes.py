@@ -104,7 +104,7 @@ def tiny_vlms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """model_type -> directory of a tiny random model (LLaVA-NeXT and Gemma 3 with their processors and tokenizers)."""
     from transformers import AutoModelForImageTextToText
 
-    from scale_plugins.hf.tiny import tiny_gemma3, tiny_llava_next, tiny_vlm_config
+    from scale_plugins.testing import tiny_gemma3, tiny_llava_next, tiny_vlm_config
 
     root = tmp_path_factory.mktemp("tiny_vlms")
     dirs = {}
@@ -477,7 +477,7 @@ def format_following_model(path: Path) -> list[str]:
     """
     import torch
 
-    from scale_plugins.hf.tiny import bpe_tokenizer, tiny_causal_lm
+    from scale_plugins.testing import bpe_tokenizer, tiny_causal_lm
 
     tokenizer = copy.deepcopy(bpe_tokenizer())
     tokenizer.add_tokens(["<think>", "</think>", "<answer>", "</answer>"])

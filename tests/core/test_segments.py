@@ -3,7 +3,7 @@
 The reference never looks at token pieces or bytes: it renders the text, tokenizes it
 with ``return_offsets_mapping=True``, takes the characters each supervised run covers,
 finds the tags there with a plain character scan, and marks a token when its character
-span overlaps a span. Three real tokenizers, built offline (scale_plugins.hf.tiny):
+span overlaps a span. Three real tokenizers, built offline (scale_plugins.testing):
 Qwen BPE with Qwen3's ``<think>`` special tokens, the same BPE without them (tags split
 into byte-level pieces merged with neighbours), and a SentencePiece BPE with byte fallback.
 """
@@ -25,7 +25,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from scale_plugins.core import ANSWER, IGNORED, THINK, ExtraSegment, ScaleOptions, SegmentTagger, TokenTable  # noqa: E402
 from scale_plugins.core.segments import FIRST_EXTRA  # noqa: E402
-from scale_plugins.hf.tiny import qwen_tokenizer, sentencepiece_tokenizer  # noqa: E402
+from scale_plugins.testing import qwen_tokenizer, sentencepiece_tokenizer  # noqa: E402
 
 IGNORE = -100
 TOKENIZERS = ("qwen3", "qwen25", "sentencepiece")

@@ -25,7 +25,7 @@ class TinySetup:
 
 
 def make_tiny_setup(root: Path, samples: int = 16) -> TinySetup:
-    from scale_plugins.hf.tiny import bpe_tokenizer, tiny_causal_lm
+    from scale_plugins.testing import bpe_tokenizer, tiny_causal_lm
 
     tokenizer = bpe_tokenizer()
     model_dir, data_dir = root / "model", root / "data"

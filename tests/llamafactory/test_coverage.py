@@ -72,7 +72,7 @@ def test_freeze_trains_the_last_layer_with_scale(tiny, patched, tmp_path):
 @pytest.fixture(scope="module")
 def qwen3(tmp_path_factory) -> TinySetup:
     """A tiny Qwen2-architecture model with the real Qwen3 tokenizer (<think> 151667, </think> 151668)."""
-    from scale_plugins.hf.tiny import qwen_tokenizer, tiny_causal_lm
+    from scale_plugins.testing import qwen_tokenizer, tiny_causal_lm
 
     root = tmp_path_factory.mktemp("qwen3")
     tokenizer = qwen_tokenizer(qwen3_specials=True)
@@ -188,7 +188,7 @@ def llava(tmp_path_factory) -> TinySetup:
     cutoff_len 128 would truncate the prompt (the ``<image>`` tokens with it)."""
     from PIL import Image
 
-    from scale_plugins.hf.tiny import tiny_llava
+    from scale_plugins.testing import tiny_llava
 
     root = tmp_path_factory.mktemp("llava")
     model, processor = tiny_llava(hidden_size=32)
@@ -234,7 +234,7 @@ def test_paper_architectures_train_with_scale(llava, patched, tmp_path, model_ty
     """LLaVA-NeXT (Mistral) and Gemma 3, tiny models with their processors, with the template their recipe uses
     (recipes/llamafactory/): LLaMA-Factory's multimodal plugin expands the images, and SCALe trains. (Qwen2.5-VL:
     test_qwen2_5_vl.py, through its recipe.)"""
-    from scale_plugins.hf import tiny
+    from scale_plugins import testing as tiny
 
     build = {"llava_next": tiny.tiny_llava_next, "gemma3": tiny.tiny_gemma3}[model_type]
     model, processor = build(tmp_path / "tokenizer")

@@ -4,7 +4,7 @@ template, multimodal plugin and collator, images in every sample.
 
 LLaMA-Factory's collator sends M-RoPE ``position_ids`` of shape [4, B, T] (or [3, B, T]); SCALe reads sample boundaries from them
 (the text positions, docs/concepts.md). The processor is Qwen2.5-VL's without its video processor, which needs
-torchvision (no CPU build here): LLaMA-Factory's ``AutoProcessor`` is handed that one (``scale_plugins.hf.tiny``).
+torchvision (no CPU build here): LLaMA-Factory's ``AutoProcessor`` is handed that one (``scale_plugins.testing``).
 The recipe is run as it is, less DeepSpeed (LLaMA-Factory refuses it outside torchrun) and bf16 (CPU), with the
 tiny model and data and a few steps.
 """
@@ -39,7 +39,7 @@ def qwen_vl(tmp_path_factory) -> dict[str, Any]:
     """The tiny Qwen2.5-VL saved as a checkpoint, its image-only processor, and a sharegpt dataset with images."""
     from PIL import Image
 
-    from scale_plugins.hf.tiny import tiny_qwen2_5_vl
+    from scale_plugins.testing import tiny_qwen2_5_vl
 
     root = tmp_path_factory.mktemp("qwen2_5_vl")
     model, processor = tiny_qwen2_5_vl(hidden_size=32, image_size=56)

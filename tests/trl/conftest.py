@@ -12,6 +12,6 @@ pytest.importorskip("trl")
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from scale_plugins.hf.tiny import bpe_tokenizer
+    from scale_plugins.testing import bpe_tokenizer
 
     return bpe_tokenizer()

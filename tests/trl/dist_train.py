@@ -33,7 +33,7 @@ def main() -> None:
         deepspeed.init_distributed(dist_backend="gloo")  # before the model exists (ZeRO-3)
     import torch
 
-    from scale_plugins.hf.tiny import bpe_tokenizer
+    from scale_plugins.testing import bpe_tokenizer
     from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
 
     tokenizer = bpe_tokenizer()

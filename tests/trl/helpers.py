@@ -6,7 +6,7 @@ from typing import Any
 import datasets
 
 from scale_plugins.data import synthetic_cot
-from scale_plugins.hf.tiny import tiny_causal_lm
+from scale_plugins.testing import tiny_causal_lm
 
 _MODEL_CACHE: dict[tuple[str, int, int], Any] = {}
 # eval metrics that must not depend on the eval batch size or the number of ranks

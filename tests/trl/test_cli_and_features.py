@@ -40,7 +40,7 @@ def test_trl_sft_entry_trains_with_a_recipe(tmp_path, tokenizer):
     helpers.dataset(16).to_json(data_dir / "train.jsonl")
     out = tmp_path / "out"
     cmd = [
-        sys.executable, "-m", "scale_plugins.cli", "trl-sft", "--config", str(RECIPES[0]),
+        sys.executable, "-m", "scale_plugins", "trl-sft", "--config", str(RECIPES[0]),
         "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--output_dir", str(out),
         "--dtype", "float32", "--max_steps", "3", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
         "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false", "--report_to", "none",

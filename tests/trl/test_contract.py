@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 @functools.cache
 def _tokenizer():
-    from scale_plugins.hf.tiny import bpe_tokenizer
+    from scale_plugins.testing import bpe_tokenizer
 
     return bpe_tokenizer()
 

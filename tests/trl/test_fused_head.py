@@ -66,7 +66,7 @@ def granite():
 def vlm(model_type: str):
     from transformers import AutoModelForImageTextToText
 
-    from scale_plugins.hf.tiny import tiny_vlm_config
+    from scale_plugins.testing import tiny_vlm_config
 
     return AutoModelForImageTextToText.from_config(tiny_vlm_config(model_type, vocab_size=VOCAB))
 

@@ -13,7 +13,7 @@ from trl import SFTConfig, SFTTrainer
 
 from scale_plugins.core import ScaleOptions, answer_weight
 from scale_plugins.data import synthetic_cot
-from scale_plugins.hf.tiny import tiny_gemma3, tiny_llava, tiny_llava_next, tiny_qwen2_5_vl
+from scale_plugins.testing import tiny_gemma3, tiny_llava, tiny_llava_next, tiny_qwen2_5_vl
 from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
 
 from . import helpers

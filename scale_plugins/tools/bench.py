@@ -109,7 +109,7 @@ def _labels(batch: int, seq: int, vocab: int, think_id: int, close_id: int) -> t
 
 
 def _arm(kind: str, args: dict[str, Any], hidden: int) -> dict[str, float]:
-    from .core import (
+    from ..core import (
         ScaleOptions,
         SegmentTagger,
         StepCounts,
@@ -220,13 +220,13 @@ def run_arm(kind: str, args: dict[str, Any], hidden: int) -> dict[str, float]:
 
 def tagging_throughput(tokens: int) -> float:
     """Tokens/s of SegmentTagger on one core, on real Qwen2.5-BPE-tokenized CoT samples packed into 4096-token rows."""
-    from .core import ScaleOptions, SegmentTagger
-    from .data import synthetic_cot
+    from ..core import ScaleOptions, SegmentTagger
+    from ..data import synthetic_cot
 
     torch.set_num_threads(1)
     try:
-        from .hf.tiny import qwen_tokenizer
-        from .tools.inspect import encode_sample
+        from ..testing import qwen_tokenizer
+        from .inspect import encode_sample
 
         tokenizer = qwen_tokenizer(qwen3_specials=False)
     except ImportError:
@@ -333,8 +333,8 @@ def _common_args(args: dict[str, Any]) -> dict[str, Any]:
 def _packed_rows(tokenizer: Any, seq: int, rows: int) -> list[dict[str, list[int]]]:
     """``rows`` rows of exactly ``seq`` tokens: the bundled CoT samples (assistant turns supervised) packed greedily,
     position ids restarting at every sample, the rest of a row padded (label -100)."""
-    from .data import load_bundled
-    from .tools.inspect import encode_sample
+    from ..data import load_bundled
+    from .inspect import encode_sample
 
     samples = [encode_sample(tokenizer, s, assistant_only_loss=True) for s in load_bundled()[:256]]
     pad = tokenizer.pad_token_id
@@ -368,7 +368,7 @@ def _host_trainer(host: str, scale: bool, model: Any, tokenizer: Any, args: dict
     import datasets
     from transformers import default_data_collator
 
-    from .core import ScaleOptions
+    from ..core import ScaleOptions
 
     rows = _packed_rows(tokenizer, args["trainer_seq"], args["batch"] * (args["repeats"] + 2))
     data = datasets.Dataset.from_list(rows)
@@ -379,7 +379,7 @@ def _host_trainer(host: str, scale: bool, model: Any, tokenizer: Any, args: dict
 
         cls: Any = AxolotlTrainer
         if scale:
-            from .axolotl.trainer import ScaleAxolotlTrainer
+            from ..axolotl.trainer import ScaleAxolotlTrainer
 
             cls = ScaleAxolotlTrainer.with_options(ScaleOptions())
         return cls(
@@ -404,8 +404,8 @@ def _host_trainer(host: str, scale: bool, model: Any, tokenizer: Any, args: dict
         )
         if not scale:
             return CustomSeq2SeqTrainer(FinetuningArguments(stage="sft", finetuning_type="full"), **kwargs)
-        from .llamafactory.hparams import ScaleFinetuningArguments
-        from .llamafactory.trainer import ScaleSeq2SeqTrainer
+        from ..llamafactory.hparams import ScaleFinetuningArguments
+        from ..llamafactory.trainer import ScaleSeq2SeqTrainer
 
         finetuning = ScaleFinetuningArguments(stage="sft", finetuning_type="full", use_scale_loss=True)
         return ScaleSeq2SeqTrainer(finetuning, **kwargs)
@@ -417,7 +417,7 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     ``<host>:scale``."""
     from transformers import TrainerCallback
 
-    from .hf.tiny import qwen_tokenizer, tiny_causal_lm
+    from ..testing import qwen_tokenizer, tiny_causal_lm
 
     host, arm = kind.split(":")
     if args["threads"]:
@@ -428,14 +428,14 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         import datasets
         from trl import SFTConfig, SFTTrainer
 
-        from .data import load_bundled
-        from .trl import ScaleSFTConfig, ScaleSFTTrainer
+        from ..data import load_bundled
+        from ..trl import ScaleSFTConfig, ScaleSFTTrainer
 
         data = datasets.Dataset.from_list([{"messages": s["messages"]} for s in load_bundled()[:256]])
         common = dict(_common_args(args), packing=True, max_length=args["trainer_seq"], assistant_only_loss=True)
         config_cls, trainer_cls = (SFTConfig, SFTTrainer) if arm == "stock" else (ScaleSFTConfig, ScaleSFTTrainer)
         trainer = trainer_cls(model=model, args=config_cls(**common), train_dataset=data, processing_class=tokenizer)
-        from .trl.trainer import _has_fused_head
+        from ..trl.trainer import _has_fused_head
 
         trl_head = _has_fused_head(trainer.model)
         loss_type = getattr(trainer.args, "loss_type", None)
@@ -490,7 +490,7 @@ def _trainer_arm_in_process(kind: str, args: dict[str, Any], queue: Any) -> None
 
 def _estimate(args: dict[str, Any]) -> str:
     """What the loss part should hold, from the shapes alone."""
-    from .core.fused import CHUNK_VALUES
+    from ..core.fused import CHUNK_VALUES
 
     vocab = 151680
     n = args["batch"] * args["trainer_seq"]

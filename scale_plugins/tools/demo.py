@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from .core import ScaleOptions
+from ..core import ScaleOptions
 
 logger = logging.getLogger("scale_plugins")
 
@@ -58,9 +58,9 @@ def run_demo(
     import datasets
     import transformers
 
-    from .data import load_bundled
-    from .hf.tiny import bpe_tokenizer, cpu_training_args, tiny_causal_lm
-    from .trl import ScaleSFTConfig, ScaleSFTTrainer
+    from ..data import load_bundled
+    from ..testing import bpe_tokenizer, cpu_training_args, tiny_causal_lm
+    from ..trl import ScaleSFTConfig, ScaleSFTTrainer
 
     options = options or ScaleOptions()
     transformers.set_seed(seed)
