@@ -142,6 +142,19 @@ def test_estimate_is_printed_for_default_and_fits():
     from scale_plugins.tools.paper.pretrained import ARMS, SIZES, estimate_seconds
 
     assert estimate_seconds(SIZES["smoke"], 1, ARMS, 1) < estimate_seconds(SIZES["default"], 3, ARMS, 2)
+    # the default on a 2-core machine: both families side by side, one thread each, about 40 minutes
+    one_process = estimate_seconds(SIZES["default"], 3, ARMS, 2)
+    side_by_side = estimate_seconds(SIZES["default"], 3, ARMS, 2, jobs=2, threads=1)
+    assert side_by_side < 0.75 * one_process and side_by_side / 60 < 42
+
+
+def test_family_processes_get_the_users_options():
+    from scale_plugins.tools.paper.pretrained import _without_options
+
+    argv = ["bench-paper", "--model", "smollm2", "--family", "mc", "arith", "--seeds", "0", "1", "--threads=2"]
+    argv += ["--scale-set", "normalization=token", "--output-dir", "x", "--resume"]
+    kept = _without_options(argv, ("--family", "--jobs", "--threads", "--resume", "--output-dir"))
+    assert kept == ["bench-paper", "--model", "smollm2", "--seeds", "0", "1", "--scale-set", "normalization=token"]
 
 
 # -- the real model -------------------------------------------------------------------------------------------
@@ -222,6 +235,33 @@ def test_smoke_end_to_end_and_resume(model_cache, tmp_path):
     again = json.loads((out / "results.json").read_text())
     assert again["resumed_runs"] == len(result["runs"]) + len(pt.SIZES["smoke"].lr_grid)
     assert again["summary"] == result["summary"]
+
+
+@needs_model
+@pytest.mark.slow
+def test_families_side_by_side_in_processes(model_cache, tmp_path):
+    """--jobs 2: each family trains in its own process with the user's options; this process gathers them."""
+    from scale_plugins.tools.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["bench-paper", "--model", "smollm2", "--size", "smoke", "--family", "mc", "arith", "--seeds", "0"]
+    argv += ["--arms", "sft", "scale_sft", "--sft-steps", "1", "--jobs", "2", "--output-dir", str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["jobs"] == 2 and result["families"] == ["mc", "arith"]
+    assert sorted((r["family"], r["arm"]) for r in result["runs"]) == [
+        ("arith", "scale_sft"),
+        ("arith", "sft"),
+        ("mc", "scale_sft"),
+        ("mc", "sft"),
+    ]
+    assert result["resumed_runs"] == 4  # all trained by the family processes, gathered here
+    for family in ("mc", "arith"):
+        log = (out / "logs" / f"{family}.log").read_text()
+        assert f"families ['{family}']" in log and "1 SFT steps" in log  # the user's --sft-steps reached it
+    steps = {r["arm"]: max(row["step"] for row in r["log_history"]) for r in result["runs"] if r["family"] == "mc"}
+    assert steps == {"sft": 1, "scale_sft": 1}
+    assert "2 families at a time" in (out / "results.md").read_text()
 
 
 @needs_model

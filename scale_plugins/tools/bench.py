@@ -69,12 +69,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="whose trainer --trainer compares (auto: axolotl, else llamafactory, else trl, by what is installed)",
     )
     p.add_argument(
-        "--scale-own-head",
-        action="store_true",
-        help="experiment, --host trl on TRL >= 1.16: the SCALe arm uses SCALe's own fused head (hf.head) instead of"
-        " the log-probs of TRL's fused LM head",
-    )
-    p.add_argument(
         "--trl-reference",
         action="store_true",
         help="with --trainer and a host other than trl: also run TRL's stock SFTTrainer of this environment",
@@ -446,9 +440,7 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         else:
             path = f"model's ForCausalLMLoss ({loss_type})"
         if arm == "scale":
-            if trl_head and args.get("scale_own_head"):
-                trainer._scale_fused_head = False  # experiment: SCALe's own fused head (hf.head) on TRL >= 1.16 too
-            path = "TRL's fused LM head" if trainer._scale_fused_head else "SCALe's fused head"
+            path = "SCALe's fused head"
     else:
         trainer = _host_trainer(host, arm == "scale", model, tokenizer, args)
         path = "model's ForCausalLMLoss" if arm == "stock" else "SCALe's fused head"

@@ -8,6 +8,8 @@ families or the user's ``--train-file`` / ``--eval-file`` (:mod:`.paper.pretrain
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from typing import Any
 
@@ -47,7 +49,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"a subset, for ablation runs (tiny: {', '.join(scratch.ARMS)}; smollm2: {', '.join(pretrained.ARMS)})",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for tiny, 2 for smollm2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (default: 1 for tiny; smollm2: the CPUs shared among --jobs, at most 2)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="smollm2, built-in families: how many families train side by side, one process each (default: one "
+        "per family when the machine has a CPU for each, else 1)",
+    )
     p.add_argument("--family", nargs="+", choices=("mc", "arith"), default=None, help="smollm2: built-in task families")
     p.add_argument("--train-file", default=None, help="smollm2: your training JSONL (messages or prompt/completion)")
     p.add_argument("--eval-file", default=None, help="smollm2: your held-out JSONL, same format, with a gold column")
@@ -69,14 +83,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(ns: argparse.Namespace) -> int:
-    command = "scale-plugins " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
+    argv = getattr(ns, "argv", None) or sys.argv[1:]
+    command = "scale-plugins " + shlex.join(argv) if argv else None
     if ns.model == "smollm2":
+        families = ns.family or list(pretrained.SIZES[ns.size].families)
+        cpus = os.cpu_count() or 1
+        jobs = ns.jobs or (len(families) if cpus >= len(families) and not ns.train_file else 1)
         pretrained.run(
             size_name=ns.size,
             seeds=ns.seeds,
             output_dir=ns.output_dir or "bench_paper_smollm2",
             arms=ns.arms or list(pretrained.ARMS),
-            threads=ns.threads or 2,
+            threads=ns.threads or max(1, min(2, cpus // jobs)),
             scale_set=parse_scale_set(ns.scale_set),
             families=ns.family,
             train_file=ns.train_file,
@@ -86,8 +104,11 @@ def main(ns: argparse.Namespace) -> int:
             grpo_steps=ns.grpo_steps,
             resume=ns.resume,
             command=command,
+            jobs=jobs,
         )
         return 0
+    if ns.jobs:
+        raise SystemExit("--jobs: only with --model smollm2")
     if ns.train_file or ns.eval_file or ns.family:
         raise SystemExit("--train-file / --eval-file / --family need --model smollm2")
     bad = [a for a in ns.arms or () if a not in scratch.ARMS]

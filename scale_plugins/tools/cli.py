@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return trl_main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as given (bench-paper records it and re-launches its family processes)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return int(args.func(args) or 0)
 

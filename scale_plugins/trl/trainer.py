@@ -24,8 +24,9 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
     an ``SFTConfig``; a plain ``SFTConfig`` is refused with a message saying how to convert it (it has no
     ``scale_*`` fields, and silently dropping the user's intent is worse than asking).
 
-    The per-token log-probs come from TRL's fused LM head (no [B, T, V] logits); on TRL versions without it,
-    from SCALe's own fused head (``scale_plugins.hf.head``, no logits either).
+    Training computes the loss in SCALe's own fused LM head (``scale_plugins.hf.head``: no [B, T, V] logits, and
+    about 0.4x the peak memory of TRL 1.16's fused head, docs/performance.md). Evaluation takes the per-token
+    log-probs from TRL's fused LM head where TRL has one (>= 1.16; no logits either), else from the logits.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -47,6 +48,7 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
             raise ScaleConfigError("compute_loss_func: SCALe is the loss; do not pass another one")
         super().__init__(*args, **kwargs)
         self.scale_setup(self.args.scale_options(), self.processing_class)
+        # TRL >= 1.16: its fused LM head is there (used in evaluation) and its conventions for the MoE aux loss apply
         self._scale_fused_head = _has_fused_head(self.model)
 
     def scale_per_token_loss(
@@ -56,15 +58,21 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
         if getattr(self, "aux_loss_enabled", False):
             # MoE models: TRL asks for the router logits so the model returns `aux_loss` (VLM wrappers need the kwarg)
             inputs["output_router_logits"] = True
-        if not self._scale_fused_head:
-            # TRL without its fused head: SCALe's own (hf.head), with TRL's entropy / accuracy sums made in the same
-            # chunked pass over the hidden states (from the logits in row chunks where the logits path is taken)
-            result = self.scale_head_loss(model, inputs, weights, stats=True)
-            self._record_trl_metrics(inputs, result.count, result.entropy_sum, result.correct)
-            return result.loss, result.ce, result.outputs
+        if self._scale_fused_head and not model.training:
+            return self._trl_head_loss(model, inputs, weights)
+        # SCALe's own fused head (hf.head; the logits path in evaluation without TRL's head), with TRL's entropy /
+        # accuracy sums made in the same chunked pass over the hidden states
+        result = self.scale_head_loss(model, inputs, weights, stats=True)
+        self._record_trl_metrics(inputs, result.count, result.entropy_sum, result.correct)
+        return result.loss, result.ce, result.outputs
+
+    def _trl_head_loss(
+        self, model: Any, inputs: dict[str, Any], weights: TokenWeights
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """The SCALe loss from the per-token log-probs of TRL's fused LM head (TRL >= 1.16; evaluation)."""
         outputs = model(**inputs, fused_lm_head=True)
         log_probs = outputs.log_probs  # aligned with labels[:, 1:] (or with shift_labels, same length)
-        if log_probs.shape[-1] == segments.segment_ids.shape[-1] - 1:
+        if log_probs.shape[-1] == weights.loss.shape[-1] - 1:
             log_probs = torch.nn.functional.pad(log_probs, (0, 1))
         loss = scale_loss_from_log_probs(log_probs, weights)
         entropy = outputs.entropy.detach().sum() if outputs.entropy is not None else None
@@ -75,7 +83,7 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
     def scale_aux_loss(self, model: Any, outputs: Any) -> torch.Tensor | None:
         aux = getattr(outputs, "aux_loss", None)
         if self._scale_fused_head:
-            # TRL >= 1.16: its own coefficient and switch (SFTConfig.router_aux_loss_coef)
+            # TRL >= 1.16 (whichever head computed the CE): its own coefficient and switch (router_aux_loss_coef)
             if not getattr(self, "aux_loss_enabled", False) or aux is None:
                 return None
             weighted = self.router_aux_loss_coef * aux.float()

@@ -73,25 +73,65 @@ def test_lora_and_gradient_checkpointing(tmp_path, tokenizer):
     assert trainable and all("lora" in n for n in trainable)
 
 
-def test_logits_fallback_equals_fused_head(tmp_path, tokenizer):
-    """TRL versions without the fused LM head use the core's chunked CE over logits: same loss and gradient."""
+def _has_trl_fused_head() -> bool:
+    import trl.trainer.utils
+
+    return hasattr(trl.trainer.utils, "add_fused_lm_head")
+
+
+def test_training_runs_scales_own_fused_head(tmp_path, tokenizer, monkeypatch):
+    """Training never asks TRL's fused LM head (where TRL has one) and never builds the logits: the loss is SCALe's
+    fused linear + weighted CE (hf.head), once per micro-batch; nothing fell back to the logits path."""
+    import scale_plugins.hf.head as head
+
+    calls = {"fused": 0, "trl_head": 0}
+    fused = head.fused_linear_weighted_ce
+
+    def counting(*args, **kwargs):
+        calls["fused"] += 1
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(head, "fused_linear_weighted_ce", counting)
+    trainer = ScaleSFTTrainer(
+        model=helpers.model(tokenizer),
+        args=helpers.config(ScaleSFTConfig, tmp_path, max_steps=2, gradient_accumulation_steps=2),
+        train_dataset=helpers.dataset(16),
+        processing_class=tokenizer,
+    )
+    forward = trainer.model.forward
+
+    def spy(*args, **kwargs):
+        calls["trl_head"] += bool(kwargs.get("fused_lm_head"))
+        return forward(*args, **kwargs)
+
+    trainer.model.forward = spy
+    trainer.train()
+    assert calls == {"fused": 4, "trl_head": 0}  # 2 steps x 2 micro-batches
+    assert not dict(getattr(trainer, "_scale_fallbacks", {}) or {}).get("logits_path")
+
+
+def test_scales_head_equals_trls_fused_head(tmp_path, tokenizer):
+    """TRL >= 1.16: SCALe's fused head (training) and the log-probs of TRL's fused head (evaluation) give the same
+    SCALe loss and gradient at the schedule's start (weights 0.9 / 0.1, not the stock loss)."""
+    if not _has_trl_fused_head():
+        pytest.skip("this TRL has no fused LM head")
     from .test_trainer import assert_same_grads, one_step
 
     data = helpers.dataset(8)
-    fused = ScaleSFTTrainer(
-        model=helpers.model(tokenizer),
-        args=helpers.config(ScaleSFTConfig, tmp_path / "a"),
-        train_dataset=data,
-        processing_class=tokenizer,
+    ours, theirs = (
+        ScaleSFTTrainer(
+            model=helpers.model(tokenizer),
+            args=helpers.config(ScaleSFTConfig, tmp_path / name),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
+        for name in ("ours", "theirs")
     )
-    chunked = ScaleSFTTrainer(
-        model=helpers.model(tokenizer),
-        args=helpers.config(ScaleSFTConfig, tmp_path / "b"),
-        train_dataset=data,
-        processing_class=tokenizer,
+    trl_head = theirs._trl_head_loss
+    theirs.scale_per_token_loss = lambda model, inputs, segments, weights: trl_head(
+        model, {**inputs, "use_cache": False}, weights
     )
-    chunked._scale_fused_head = False
-    loss_a, grads_a = one_step(fused)
-    loss_b, grads_b = one_step(chunked)
+    loss_a, grads_a = one_step(ours)
+    loss_b, grads_b = one_step(theirs)
     assert math.isclose(loss_a, loss_b, rel_tol=1e-5)
     assert_same_grads(grads_a, grads_b, atol=1e-6, rtol=1e-4)

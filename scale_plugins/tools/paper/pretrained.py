@@ -148,8 +148,16 @@ SIZES: dict[str, PretrainedSize] = {
 _RATE = {"sft_step_per_sample": 0.5, "gen_token_per_batch": 0.2, "grpo_step_per_completion": 3.0, "fixed": 12.0}
 
 
-def estimate_seconds(size: PretrainedSize, n_seeds: int, arms: tuple[str, ...], n_families: int) -> float:
-    """Rough wall time from per-unit rates measured here (2 threads); the tuned-LR arm counted as its own run."""
+#: wall time with 1 torch thread over 2 threads, per family (measured: 36.4 min for `mc` with 1 thread, in parallel
+#: with `arith`, against 26.5 min estimated at 2 threads)
+_ONE_THREAD_SLOWDOWN = 1.4
+
+
+def estimate_seconds(
+    size: PretrainedSize, n_seeds: int, arms: tuple[str, ...], n_families: int, jobs: int = 1, threads: int = 2
+) -> float:
+    """Rough wall time from per-unit rates measured here (2 threads); the tuned-LR arm counted as its own run.
+    ``jobs`` families run side by side, each with ``threads`` torch threads."""
     per_sft = size.sft_steps * size.batch_size * _RATE["sft_step_per_sample"] + _RATE["fixed"]
     per_eval = math.ceil(size.n_eval / size.eval_batch_size) * size.max_new_tokens * _RATE["gen_token_per_batch"] + 5
     per_grpo = size.grpo_steps * size.grpo_prompts_per_step * size.num_generations * _RATE["grpo_step_per_completion"]
@@ -160,7 +168,8 @@ def estimate_seconds(size: PretrainedSize, n_seeds: int, arms: tuple[str, ...], 
     grpo_runs = sum(a.endswith("_grpo") for a in arms)
     per_seed = sft_runs * per_sft + evals * per_eval + grpo_runs * (per_grpo + _RATE["fixed"])
     once = ("zero_shot" in arms) * per_eval + ("sft_lr" in arms) * len(size.lr_grid) * per_eval * 0.6
-    return n_families * (n_seeds * per_seed + once)
+    per_family = (n_seeds * per_seed + once) * (_ONE_THREAD_SLOWDOWN if threads < 2 else 1.0)
+    return math.ceil(n_families / max(1, jobs)) * per_family
 
 
 # -- model, training ------------------------------------------------------------------------------------------
@@ -589,6 +598,64 @@ def plot_training(records: list[dict], path: Path) -> bool:
     return True
 
 
+def _run_families_in_processes(
+    families: list[str], jobs: int, threads: int, out: Path, resume: bool, total: int, command: str | None
+) -> None:
+    """Each family in its own ``scale-plugins bench-paper`` process (``jobs`` at a time, ``threads`` torch threads
+    each; the same options, ``--family F --jobs 1 --resume``), logging to ``out/logs/<family>.log``; a progress bar
+    over the runs they save. Without ``--resume`` the family's earlier run files are removed first."""
+    import shlex
+    import subprocess
+
+    from tqdm.auto import tqdm
+
+    argv = shlex.split(command)[1:] if command else ["bench-paper", "--model", "smollm2"]
+    argv = _without_options(argv, ("--family", "--jobs", "--threads", "--resume", "--output-dir"))
+    runs_dir, logs = out / "runs", out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for family in families:
+            for path in runs_dir.glob(f"{family}_*.json"):
+                path.unlink()
+    bar = tqdm(total=total, desc="bench-paper", unit="run", file=sys.stderr, dynamic_ncols=True)
+    pending, running, failed = list(families), {}, []
+
+    def done_runs() -> int:
+        return sum(1 for f in families for _ in runs_dir.glob(f"{f}_*.json"))
+
+    while pending or running:
+        while pending and len(running) < jobs:
+            family = pending.pop(0)
+            cmd = [sys.executable, "-m", "scale_plugins", *argv, "--family", family, "--jobs", "1"]
+            cmd += ["--threads", str(threads), "--resume", "--output-dir", str(out)]
+            log = (logs / f"{family}.log").open("w")
+            running[family] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+        time.sleep(2)
+        for family, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[family]
+                if proc.returncode != 0:
+                    failed.append(family)
+        bar.n = min(done_runs(), total)
+        bar.refresh()
+    bar.close()
+    if failed:
+        tails = "\n".join(f"--- {f} (logs/{f}.log):\n" + (logs / f"{f}.log").read_text()[-2000:] for f in failed)
+        raise SystemExit(f"bench-paper: the family process(es) {failed} failed\n{tails}")
+
+
+def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the options ``names`` and their values (the values: up to the next ``--option``)."""
+    kept, skipping = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            skipping = arg.split("=", 1)[0] in names
+        if not skipping:
+            kept.append(arg)
+    return kept
+
+
 # -- entry point ----------------------------------------------------------------------------------------------
 
 
@@ -607,7 +674,10 @@ def run(
     grpo_steps: int | None = None,
     resume: bool = False,
     command: str | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
+    """The whole comparison; ``jobs`` > 1 runs the built-in families side by side, each in its own process
+    (``scale-plugins bench-paper --family F --jobs 1 --resume`` into the same folder), then gathers them here."""
     import torch
 
     t_start = time.perf_counter()
@@ -634,7 +704,8 @@ def run(
         for family in families or size.families:
             data[family] = tasks.make_splits(family, size.n_train, size.n_dev, size.n_eval)
     base_checkpoint()  # convert (once) before the clock of the arms starts
-    estimate = estimate_seconds(size, len(seeds), arms, len(data))
+    jobs = min(max(1, jobs), len(data)) if train_file is None else 1
+    estimate = estimate_seconds(size, len(seeds), arms, len(data), jobs=jobs, threads=threads)
     total_units = sum(len(arms) * len(seeds) + (len(size.lr_grid) if "sft_lr" in arms else 0) for _ in data)
     print(
         f"bench-paper --model smollm2 ({size_name}): SmolLM2-135M-Instruct + LoRA r={size.lora_r}, bf16 autocast, "
@@ -645,7 +716,11 @@ def run(
         f"arms {list(arms)}; SCALe options {scale_set or 'defaults'}",
         flush=True,
     )
-    print(f"estimated time: {estimate / 60:.0f} min on a quiet 2-core CPU (more under load)", flush=True)
+    print(
+        f"estimated time: {estimate / 60:.0f} min on a quiet 2-core CPU (more under load)"
+        + (f"; {jobs} families at a time, one process each" if jobs > 1 else ""),
+        flush=True,
+    )
     fingerprint = json.loads(
         json.dumps(
             {
@@ -657,6 +732,9 @@ def run(
             default=str,
         )
     )
+    if jobs > 1:
+        _run_families_in_processes(list(data), jobs, threads, out, resume, total_units, command)
+        resume = True  # gather what the family processes saved
     runner = _Runner(out, fingerprint, resume, total_units)
     records: list[dict] = []
     tunings: dict[str, Any] = {}
@@ -678,6 +756,7 @@ def run(
         "arms": list(arms),
         "lr_tuning": tunings,
         "estimate_s": estimate,
+        "jobs": jobs,
         "machine": machine_info(),
         "total_wall_time_s": wall,
         "resumed_runs": runner.resumed,
@@ -689,7 +768,10 @@ def run(
     table = markdown(summary, pairs, tunings)
     (out / "results.md").write_text(
         f"# bench-paper --model smollm2 ({size_name})\n\n`{command or 'scale-plugins bench-paper --model smollm2'}`\n\n"
-        f"{len(seeds)} seed(s), mean ± std; wall time of this invocation {wall / 60:.1f} min\n\n" + table
+        f"{len(seeds)} seed(s), mean ± std; wall time of this invocation {wall / 60:.1f} min"
+        + (f" ({jobs} families at a time)" if jobs > 1 else "")
+        + "\n\n"
+        + table
     )
     plot_accuracy_vs_time(records, summary, out / "accuracy_vs_time.png")
     plot_training(records, out / "scale_training.png")
