@@ -67,12 +67,12 @@ test-trl: env-trl
 test-axolotl: env-axolotl
 	$(call ext,$(AXOLOTL_ENV)) $(AXOLOTL_ENV)/bin/python $(PYTEST) tests/axolotl
 	# ScaleSFTTrainer on TRL 1.9 / transformers 5.16 (Axolotl's pins), single process
-	$(call ext,$(AXOLOTL_ENV)) $(AXOLOTL_ENV)/bin/python $(PYTEST) tests/trl --ignore=tests/trl/test_distributed.py
+	$(call ext,$(AXOLOTL_ENV)) $(AXOLOTL_ENV)/bin/python $(PYTEST) tests/trl -m "not distributed"
 
 test-llamafactory: env-llamafactory env-browser
 	$(call ext,$(LF_ENV)) $(LF_ENV)/bin/python $(PYTEST) tests/llamafactory
 	# ScaleSFTTrainer on TRL 0.24 / transformers 5.6 (LLaMA-Factory's pins), single process
-	$(call ext,$(LF_ENV)) $(LF_ENV)/bin/python $(PYTEST) tests/trl --ignore=tests/trl/test_distributed.py
+	$(call ext,$(LF_ENV)) $(LF_ENV)/bin/python $(PYTEST) tests/trl -m "not distributed"
 
 lint: env-trl
 	$(TRL_ENV)/bin/ruff check scale_plugins tests

@@ -10,10 +10,10 @@ the small harness below (``tests/trl/test_contract.py``, ``tests/axolotl/test_co
 - packing == padding, for both normalizations (hosts that pack);
 - a resumed run continues exactly: the same SCALe weights, losses and final parameters as the uninterrupted run;
 - a mode SCALe refuses stops with the host's clear error, naming the key (one representative per host);
-- DDP / ZeRO exact where the host supports them: the distributed part of the contract lives in the multi-process
-  tests, which launch their own workers: ``tests/trl/test_distributed.py`` (with ``tests/trl/dist_train.py``),
-  ``tests/axolotl/test_deepspeed.py`` and the DeepSpeed runs of ``tests/llamafactory``
-  (``test_cli.py``, ``test_coverage.py``).
+- two processes == one process, for both normalizations, under DDP and the shipped DeepSpeed ZeRO-2 / ZeRO-3 /
+  ZeRO-3-offload configs (``recipes/deepspeed``) where the host supports them: 2 ranks x micro-batch 2 x 2
+  accumulation steps train exactly what 1 process x 8 does (CPU: gloo, DeepSpeed's CPU accelerator). The harness
+  launches the workers (:meth:`ScaleContract.run_distributed`).
 
 Every comparison has a counterpart that shows it can fail: the default SCALe loss differs from the stock loss,
 sample normalization from token normalization, and the resumed steps' weights change from step to step.
@@ -25,6 +25,7 @@ optimizer step (8 samples) sees the whole data set, whatever the micro-batch spl
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,10 +53,28 @@ class Run:
     resume: tuple[str, int] | None = None  # (name of an earlier run, step): resume from that run's checkpoint
 
 
+DISTRIBUTED = ("ddp", "zero2", "zero3", "zero3_offload")
+"""Two-process modes: plain DDP, and the DeepSpeed configs of ``recipes/deepspeed`` of these names."""
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "deepspeed"
+
+
+def deepspeed_config(mode: str) -> Path | None:
+    """The shipped DeepSpeed config of a :data:`DISTRIBUTED` mode (None: plain DDP)."""
+    return None if mode == "ddp" else RECIPES / f"{mode}.json"
+
+
+def distributed_runs() -> dict[str, Run]:
+    """What each two-process mode trains: 2 ranks x micro-batch 2 x 2 accumulation steps = one step of all
+    :data:`SAMPLES` samples, compared with the ``<normalization>_b8`` run of one process."""
+    return {f"{n}_2proc": Run(options={"normalization": n}, per_device=2, grad_accum=2) for n in ("sample", "token")}
+
+
 @dataclasses.dataclass
 class RunResult:
     rows: list[dict[str, Any]]  # the training logs of the steps this run trained (step, loss, grad_norm, scale/*)
     params: dict[str, Any] | None  # name -> final trainable tensor; None where the host cannot return them
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # what a host's own tests add (e.g. eval)
 
     def step(self, k: int) -> dict[str, Any]:
         """The log of step ``k``."""
@@ -103,6 +122,8 @@ class ScaleContract:
     resume_skip_reason: ClassVar[str] = ""
     refused: ClassVar[tuple[dict[str, Any], str]] = ({}, "")
     """(host config keys of a mode SCALe refuses, text the host's error must contain)"""
+    distributed_modes: ClassVar[tuple[str, ...]] = ()
+    """The :data:`DISTRIBUTED` modes the host supports (and the harness can launch); the others are skipped."""
     loss_tol: ClassVar[float] = 1e-5  # absolute, on the logged loss
     grad_norm_tol: ClassVar[float] = 1e-4  # relative
     param_tol: ClassVar[float] = 1e-5  # absolute, on the final parameters
@@ -129,11 +150,26 @@ class ScaleContract:
         """Set up (no need to train) a SCALe run with ``host_config`` added; raise the host's error if refused."""
         raise NotImplementedError
 
+    def run_distributed(self, runs: dict[str, Run], mode: str, workdir: Path) -> dict[str, RunResult]:
+        """Train every run on 2 processes (gloo on CPU) under ``mode`` (:func:`deepspeed_config`). The harness
+        also asserts that no rank fell back to the ``[B, T, V]`` logits (``scale/logits_path``)."""
+        raise NotImplementedError
+
     # -- the runs ---------------------------------------------------------------------------------------
 
     @pytest.fixture(scope="class")
     def contract_runs(self, tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
         return self.run_all(_runs(self), tmp_path_factory.mktemp("contract"))
+
+    @pytest.fixture(scope="class", params=DISTRIBUTED)
+    def two_process_runs(self, request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str, dict[str, RunResult]]:
+        """(mode, the :func:`distributed_runs` trained on 2 processes under it): once per mode and class."""
+        mode = request.param
+        if mode not in self.distributed_modes:
+            pytest.skip(f"{type(self).__name__}: {mode} is not a mode of this host's harness")
+        if mode != "ddp" and importlib.util.find_spec("deepspeed") is None:
+            pytest.skip("deepspeed is not installed (DS_BUILD_OPS=0 pip install deepspeed)")
+        return mode, self.run_distributed(distributed_runs(), mode, tmp_path_factory.mktemp(f"two_{mode}"))
 
     def assert_same_steps(self, got: RunResult, want: RunResult, steps: list[int] | None = None) -> None:
         steps = steps or [r["step"] for r in want.rows]
@@ -153,8 +189,18 @@ class ScaleContract:
     def assert_same_params(self, got: RunResult, want: RunResult) -> None:
         if got.params is None or want.params is None:
             return  # the grad norms above stand for the update
-        assert got.params.keys() == want.params.keys() and want.params
+        assert set(got.params) & set(want.params)
+        for side in (got.params, want.params):
+            # a tied weight may be saved under both of its names on one side only (DeepSpeed's state dict keeps
+            # lm_head.weight beside embed_tokens.weight): such a key must be an alias of another key of its side
+            for name in set(side) - (set(got.params) & set(want.params)):
+                assert any(
+                    o != name and side[o].shape == side[name].shape and bool((side[o] == side[name]).all())
+                    for o in side
+                ), name
         for name, value in want.params.items():
+            if name not in got.params:
+                continue
             diff = float((got.params[name].float() - value.float()).abs().max())
             assert diff <= self.param_tol, (name, diff)
 
@@ -225,6 +271,15 @@ class ScaleContract:
         assert [r["step"] for r in resumed.rows] == [3, 4]  # it trained from the checkpoint on, not from scratch
         self.assert_same_steps(resumed, full, steps=[3, 4])
         self.assert_same_params(resumed, full)
+
+    @pytest.mark.distributed
+    @pytest.mark.parametrize("normalization", ["sample", "token"])
+    def test_two_processes_equal_one_process(self, contract_runs, two_process_runs, normalization):
+        """Segment counts and normalizers are summed over ranks: 2 ranks train what 1 process does, step by step."""
+        _, runs = two_process_runs
+        got, want = runs[f"{normalization}_2proc"], contract_runs[f"{normalization}_b8"]
+        self.assert_same_steps(got, want)
+        self.assert_same_params(got, want)
 
     def test_refused_mode_is_a_clear_error(self, tmp_path):
         host_config, named = self.refused

@@ -4,9 +4,12 @@
     torchrun --nproc_per_node 2 run_axolotl.py runs.json results.json --cpu-distributed
 
 ``runs.json``: ``{name: axolotl config dict}``, run in order. ``results.json`` (written by rank 0):
-``{name: {"trainer": class name, "log_history": trainer.state.log_history}}`` with the exact (unrounded)
-logged floats. One process for several short runs saves Axolotl's import time (most of a tiny run's wall
-time on CPU).
+``{name: {"trainer": class name, "num_processes", "distributed_type", "log_history": trainer.state.log_history,
+"rows": the training logs of the steps this run trained (as ``Trainer.log`` received them: Axolotl's and SCALe's
+metrics included), "trainable": names of the trainable parameters, "trainable_numel", "total_numel"}}`` with the
+exact (unrounded) logged floats. One process for several short runs saves Axolotl's import time (most of a tiny
+run's wall time on CPU); what exists before each run is frozen out of the garbage collector (Axolotl calls
+``gc.collect()`` a dozen times a run, each a walk over every object of torch / transformers / Axolotl).
 
 ``--cpu-distributed``: test plumbing so that a multi-process DeepSpeed run works on a machine without GPUs.
 None of it is needed (or wanted) on GPUs:
@@ -20,6 +23,7 @@ None of it is needed (or wanted) on GPUs:
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -59,20 +63,45 @@ def run_one(config: dict) -> dict:
     from axolotl.train import train
     from axolotl.utils.dict import DictDefault
 
+    _ROWS.clear()
+    gc.freeze()  # the libraries and the earlier runs' leftovers: out of the collector's walks (the run is unchanged)
     cfg = load_cfg(DictDefault(config))
     dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
     _, _, trainer = train(cfg=cfg, dataset_meta=dataset_meta)
+    params = list(trainer.model.named_parameters())
     return {
         "trainer": type(trainer).__name__,
         "num_processes": trainer.accelerator.num_processes,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "log_history": trainer.state.log_history,
+        "rows": list(_ROWS),
+        "trainable": [n for n, p in params if p.requires_grad],
+        "trainable_numel": sum(p.numel() for _, p in params if p.requires_grad),
+        "total_numel": sum(p.numel() for _, p in params),
     }
+
+
+_ROWS: list[dict] = []
+
+
+def record_step_logs() -> None:
+    """Keep each training step's log as ``Trainer.log`` receives it (after Axolotl and SCALe added their metrics)."""
+    import transformers
+
+    log = transformers.Trainer.log
+
+    def record(self, logs, *args, **kwargs):
+        if "loss" in logs and "train_loss" not in logs:
+            _ROWS.append({**logs, "step": self.state.global_step})
+        return log(self, logs, *args, **kwargs)
+
+    transformers.Trainer.log = record
 
 
 def main(spec_path: str, out_path: str, *flags: str) -> None:
     if "--cpu-distributed" in flags:
         cpu_distributed_plumbing()
+    record_step_logs()
     with open(spec_path) as f:
         runs = json.load(f)
     results = {name: run_one(config) for name, config in runs.items()}

@@ -1,6 +1,7 @@
 """The SCALe contract (tests/contract.py) through Axolotl's Python API (what ``axolotl train`` calls), against
 Axolotl's stock trainer (the same config without ``loss: scale``). All the contract's runs go through one
-subprocess (``run_axolotl.run_one`` in order: Axolotl's import is most of a tiny run's wall time). Packing is
+subprocess (``run_axolotl.py``, the runs in order: Axolotl's import is most of a tiny run's wall time); the
+two-process runs through ``torchrun`` and the same script. Packing is
 Axolotl's ``sample_packing`` (multipack: samples keep their own position ids inside a packed row)."""
 
 from __future__ import annotations
@@ -11,58 +12,22 @@ from typing import Any
 
 import pytest
 
-from ..contract import SAMPLES, Run, RunResult, ScaleContract
-from .conftest import PYTHON, axolotl_config, cot_samples, run_ok, scale_keys, write_jsonl
+from ..contract import DISTRIBUTED, SAMPLES, Run, RunResult, ScaleContract, deepspeed_config
+from .conftest import PYTHON, axolotl_config, cot_samples, run_ok, scale_keys, subprocess_env, write_jsonl
 
 pytestmark = pytest.mark.slow
 
 PACKED_LEN = 1024  # a packed row: room for all SAMPLES samples (each under the 128 tokens of the padded runs)
 RUN_AXOLOTL = Path(__file__).with_name("run_axolotl.py")
 
-# run_axolotl.run_one for each run (gc frozen first), keeping the logs of the steps each run trains (Trainer.log: after Axolotl's
-# and SCALe's metrics are added) and where its model was saved.
-DRIVER = """
-import gc, importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("run_axolotl", {run_axolotl!r})
-run_axolotl = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_axolotl)
-
-
-def main():
-    import transformers
-
-    rows = []
-    log = transformers.Trainer.log
-
-    def record(self, logs, *args, **kwargs):
-        if "loss" in logs and "train_loss" not in logs:
-            rows.append({{**logs, "step": self.state.global_step}})
-        return log(self, logs, *args, **kwargs)
-
-    transformers.Trainer.log = record
-    with open(sys.argv[1]) as f:
-        runs = json.load(f)
-    results = {{}}
-    for name, config in runs.items():
-        rows.clear()
-        # Axolotl calls gc.collect() a dozen times a run (packing: 4 per batch-count estimate), each a walk over
-        # every object of torch / transformers / Axolotl: most of a tiny run's time. Freeze what exists now (the
-        # libraries, the earlier runs' leftovers) out of the collector: the runs themselves are unchanged.
-        gc.freeze()
-        result = run_axolotl.run_one(config)
-        results[name] = {{"trainer": result["trainer"], "rows": list(rows)}}
-    with open(sys.argv[2], "w") as f:
-        json.dump(results, f, indent=1)
-
-
-if __name__ == "__main__":  # Axolotl's dataset workers may spawn and re-import this file
-    main()
-"""
-
 
 class TestAxolotlContract(ScaleContract):
     # one of the keys that replace the loss SCALe computes; test_config.py checks the others
     refused = ({"flash_attn_cross_entropy": True}, "flash_attn_cross_entropy:")
+    # Plain DDP (torchrun without DeepSpeed) hangs on CPU after Axolotl loads the model (both ranks idle, no error);
+    # the CPU plumbing of run_axolotl.py is made for DeepSpeed's launch. DDP is covered for the shared mixin by the
+    # TRL and LLaMA-Factory harnesses.
+    distributed_modes = tuple(mode for mode in DISTRIBUTED if mode != "ddp")
 
     @pytest.fixture(scope="class", autouse=True)
     def _setup(self, tiny_model_dir, tmp_path_factory):  # autouse: set up before the class-scoped contract_runs
@@ -95,16 +60,41 @@ class TestAxolotlContract(ScaleContract):
             configs[name] = self.config(run, workdir / name)
             if run.resume:
                 configs[name]["resume_from_checkpoint"] = str(self.checkpoint(workdir / run.resume[0], run.resume[1]))
-        driver, spec, out = workdir / "driver.py", workdir / "runs.json", workdir / "results.json"
-        driver.write_text(DRIVER.format(run_axolotl=str(RUN_AXOLOTL)))
+        spec, out = workdir / "runs.json", workdir / "results.json"
         spec.write_text(json.dumps(configs))
-        run_ok([PYTHON, str(driver), str(spec), str(out)], workdir, 900)
+        run_ok([PYTHON, str(RUN_AXOLOTL), str(spec), str(out)], workdir, 900)
         results = {}
         for name, result in json.loads(out.read_text()).items():
             expected = "ScaleAxolotlTrainer" if runs[name].scale else "AxolotlTrainer"
             assert result["trainer"] == expected, (name, result["trainer"])
             if runs[name].packing:  # all samples in one packed row
                 assert result["rows"][0]["tokens/total"] == PACKED_LEN, result["rows"][0]
+            results[name] = RunResult(result["rows"], load_file(workdir / name / "model.safetensors"))
+        return results
+
+    def run_distributed(self, runs: dict[str, Run], mode: str, workdir: Path) -> dict[str, RunResult]:
+        """``torchrun --nproc_per_node 2 run_axolotl.py --cpu-distributed``: the configs of :meth:`config` with the
+        shipped DeepSpeed config as Axolotl's ``deepspeed`` key (plain DDP without one)."""
+        from safetensors.torch import load_file
+
+        ds = deepspeed_config(mode)
+        env = {**subprocess_env(), "OMP_NUM_THREADS": "1", **({"DS_ACCELERATOR": "cpu"} if ds else {})}
+        torchrun = str(Path(PYTHON).with_name("torchrun"))
+        results = {}
+        for name, run in runs.items():
+            # one launch per run: Axolotl's train() tears the process group down at its end
+            config = self.config(run, workdir / name, {"deepspeed": json.loads(ds.read_text())} if ds else None)
+            spec, out = workdir / f"{name}.json", workdir / f"{name}.results.json"
+            spec.write_text(json.dumps({name: config}))
+            command = [torchrun, "--nproc_per_node", "2", str(RUN_AXOLOTL), str(spec), str(out), "--cpu-distributed"]
+            output = run_ok(command, workdir, 900, env=env)
+            # the loss came from SCALe's fused head, never from the [B, T, V] logits: the fallback is neither logged
+            # nor counted (`scale/logits_path`)
+            assert "logits_path" not in output, output[-3000:]
+            result = json.loads(out.read_text())[name]
+            assert result["trainer"] == "ScaleAxolotlTrainer" and result["num_processes"] == 2, name
+            assert result["distributed_type"] == ("DistributedType.DEEPSPEED" if ds else "DistributedType.MULTI_CPU")
+            assert not any("scale/logits_path" in row for row in result["rows"]), name
             results[name] = RunResult(result["rows"], load_file(workdir / name / "model.safetensors"))
         return results
 

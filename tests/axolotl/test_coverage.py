@@ -32,40 +32,6 @@ pytestmark = pytest.mark.slow
 RUN_AXOLOTL = Path(__file__).with_name("run_axolotl.py")
 
 # run_axolotl.run_one, plus what the trainer's model trains (names and sizes of the trainable parameters).
-DRIVER = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("run_axolotl", {run_axolotl!r})
-run_axolotl = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_axolotl)
-
-
-def main():
-    captured = {{}}
-    import axolotl.train
-    _train = axolotl.train.train
-    def train(*args, **kwargs):
-        model, tokenizer, trainer = _train(*args, **kwargs)
-        params = list(trainer.model.named_parameters())
-        captured["trainable"] = [n for n, p in params if p.requires_grad]
-        captured["trainable_numel"] = sum(p.numel() for _, p in params if p.requires_grad)
-        captured["total_numel"] = sum(p.numel() for _, p in params)
-        return model, tokenizer, trainer
-    axolotl.train.train = train
-
-    with open(sys.argv[1]) as f:
-        runs = json.load(f)
-    results = {{}}
-    for name, config in runs.items():
-        captured.clear()
-        results[name] = {{**run_axolotl.run_one(config), **captured}}
-    with open(sys.argv[2], "w") as f:
-        json.dump(results, f, indent=1)
-
-
-if __name__ == "__main__":  # Axolotl's dataset workers may spawn and re-import this file
-    main()
-"""
-
 # ChatML, with an assistant's `reasoning_content` rendered as <think>...</think> before its content (Qwen3-style).
 REASONING_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -78,10 +44,9 @@ REASONING_TEMPLATE = (
 
 def run_many(runs: dict[str, dict[str, Any]], workdir: Path, timeout: int = 480) -> dict[str, dict[str, Any]]:
     """Run Axolotl trainings in one subprocess; {name: {trainer, log_history, trainable, ...}}."""
-    driver, spec, out = workdir / "driver.py", workdir / "runs.json", workdir / "results.json"
-    driver.write_text(DRIVER.format(run_axolotl=str(RUN_AXOLOTL)))
+    spec, out = workdir / "runs.json", workdir / "results.json"
     spec.write_text(json.dumps(runs))
-    output = run_ok([PYTHON, str(driver), str(spec), str(out)], workdir, timeout)
+    output = run_ok([PYTHON, str(RUN_AXOLOTL), str(spec), str(out)], workdir, timeout)
     results = json.loads(out.read_text())
     for r in results.values():
         r["output"] = output

@@ -1,16 +1,15 @@
-"""``scale-llamafactory``: the real command, in subprocesses (one train run, one torchrun run, errors)."""
+"""``scale-llamafactory``: the real command, in subprocesses (a train run, errors). Its torchrun / DeepSpeed runs
+are the contract's two-process runs (``test_contract.py``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from scale_plugins.core import ScaleOptions, answer_weight, option_fields
 
-from .helpers import run_cli, step_logs, train_config, train_in_process, write_yaml
+from .helpers import run_cli, step_logs, train_config, write_yaml
 
 
 @pytest.mark.slow
@@ -38,56 +37,6 @@ def test_train_command_trains_with_scale_and_logs_the_schedule(tiny, tmp_path):
     for key in ("scale/think_loss", "scale/answer_loss", "scale/think_weight", "scale/answer_weight"):
         assert [line[key] for line in lines] == pytest.approx([entry[key] for entry in logs])
     assert (out / "model.safetensors").is_file()
-
-
-@pytest.fixture(scope="module")
-def single_process(tiny, patched, tmp_path_factory):
-    """The reference for the distributed runs: 1 process x 4 samples per step, 2 steps."""
-    return train_in_process(train_config(tiny, tmp_path_factory.mktemp("single"), per_device_train_batch_size=4))
-
-
-def _assert_same_steps(distributed, single):
-    assert len(distributed) == len(single) == 2
-    for dist, ref in zip(distributed, single, strict=True):
-        assert "scale/logits_path" not in ref  # the reference took SCALe's fused head too
-        assert dist["scale/answer_weight"] == pytest.approx(ref["scale/answer_weight"])
-        assert dist["scale/think_tokens"] == ref["scale/think_tokens"]
-        assert dist["loss"] == pytest.approx(ref["loss"], abs=1e-5)
-        assert dist["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4)
-
-
-def _train_two_workers(tiny, tmp_path, env=None, **overrides):
-    out = tmp_path / "out"
-    config = write_yaml(tmp_path / "train.yaml", train_config(tiny, out, per_device_train_batch_size=2, **overrides))
-    result = run_cli("train", str(config), env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", **(env or {})})
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    for rank in (0, 1):
-        assert f"SCALe loss active on rank {rank} of 2 (ScaleSeq2SeqTrainer)" in output
-    # the loss came from SCALe's fused head (scale_plugins.hf.head), never from the [B, T, V] logits: the fallback
-    # is neither logged nor counted (`scale/logits_path`)
-    assert "logits_path" not in output, output[-3000:]
-    logs = step_logs(out)
-    assert not any("scale/logits_path" in entry for entry in logs), logs
-    return logs
-
-
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_torchrun_workers_all_train_with_scale(tiny, single_process, tmp_path):
-    """FORCE_TORCHRUN=1 re-executes the launcher under torchrun: both workers get SCALe, and 2 ranks x 2 samples
-    give exactly the loss and gradient of 1 process x 4 samples (segment counts summed over ranks)."""
-    _assert_same_steps(_train_two_workers(tiny, tmp_path), single_process)
-
-
-@pytest.mark.slow
-@pytest.mark.distributed
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (extra: deepspeed)")
-def test_deepspeed_zero2_workers_train_with_scale(tiny, single_process, tmp_path):
-    """The recipe's ZeRO-2 config on 2 CPU workers (the first run on a machine compiles DeepSpeed's CPU comm op)."""
-    zero2 = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / "zero2.json"
-    logs = _train_two_workers(tiny, tmp_path, env={"DS_ACCELERATOR": "cpu"}, deepspeed=str(zero2))
-    _assert_same_steps(logs, single_process)
 
 
 def test_bad_value_is_reported_naming_the_key(tiny, tmp_path):

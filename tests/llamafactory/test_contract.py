@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 from transformers import TrainerCallback
 
-from ..contract import SAMPLES, Run, RunResult, ScaleContract, step_recorder
-from .helpers import train_config, train_in_process
+from ..contract import DISTRIBUTED, SAMPLES, Run, RunResult, ScaleContract, deepspeed_config, step_recorder
+from .helpers import run_cli, step_logs, train_config, train_in_process, write_yaml
 
 pytestmark = pytest.mark.slow
 
 
 class TestLlamaFactoryContract(ScaleContract):
     refused = ({"label_smoothing_factor": 0.1}, "label_smoothing_factor")
+    distributed_modes = DISTRIBUTED
 
     @pytest.fixture(scope="class", autouse=True)
     def _setup(self, tiny, patched):  # autouse: set up before the class-scoped contract_runs
@@ -56,6 +57,32 @@ class TestLlamaFactoryContract(ScaleContract):
             gc.unfreeze()
         assert rows.rows == (1 if run.packing else SAMPLES), rows.rows
         return RunResult(recorder.rows, load_file(output_dir / "model.safetensors"))
+
+    def run_distributed(self, runs: dict[str, Run], mode: str, workdir: Path) -> dict[str, RunResult]:
+        """``scale-llamafactory train`` with ``FORCE_TORCHRUN=1 NPROC_PER_NODE=2`` (LLaMA-Factory re-executes itself
+        under torchrun), the shipped DeepSpeed config as ``deepspeed``; one launch per run."""
+        from safetensors.torch import load_file
+
+        ds = deepspeed_config(mode)
+        results = {}
+        for name, run in runs.items():
+            out = workdir / name
+            config = write_yaml(workdir / f"{name}.yaml", self.config(run, out, {"deepspeed": str(ds)} if ds else None))
+            env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+            result = run_cli(
+                "train", str(config), env={**env, **({"DS_ACCELERATOR": "cpu"} if ds else {})}, timeout=600
+            )
+            output = result.stdout + result.stderr
+            assert result.returncode == 0, output[-3000:]
+            for rank in (0, 1):
+                assert f"SCALe loss active on rank {rank} of 2 (ScaleSeq2SeqTrainer)" in output
+            # the loss came from SCALe's fused head, never from the [B, T, V] logits: the fallback is neither logged
+            # nor counted (`scale/logits_path`)
+            assert "logits_path" not in output, output[-3000:]
+            rows = step_logs(out)
+            assert not any("scale/logits_path" in row for row in rows), rows
+            results[name] = RunResult(rows, load_file(out / "model.safetensors"))
+        return results
 
     def start(self, host_config: dict[str, Any], workdir: Path) -> None:
         from llamafactory.train.tuner import get_train_args  # patched: SCALe's checks included

@@ -3,10 +3,8 @@ a multimodal model (LLaVA) and DeepSpeed ZeRO-3. Tiny local models, CPU, a few s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
@@ -15,7 +13,6 @@ from scale_plugins.core import ScaleOptions, answer_weight
 from scale_plugins.data import synthetic_cot
 
 from .helpers import TinySetup, train_config, train_in_process
-from .test_cli import _assert_same_steps, _train_two_workers, single_process  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -248,18 +245,3 @@ def test_paper_architectures_train_with_scale(llava, patched, tmp_path, model_ty
     _assert_scale_ran(logs, 2)
     for entry in logs:  # only the response is supervised: the answer is the short `<answer>...</answer>` + stop token
         assert entry["scale/answer_tokens"] < entry["scale/think_tokens"] / 3
-
-
-# ---------------------------------------------------------------- 4. DeepSpeed ZeRO-3, with and without CPU offload
-
-
-@pytest.mark.distributed
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (extra: deepspeed)")
-@pytest.mark.parametrize("stage", ["zero3", "zero3_offload"])
-def test_deepspeed_zero3_workers_train_with_scale(tiny, single_process, tmp_path, stage):  # noqa: F811
-    """The recipe's ZeRO-3 config (and its CPU-offload variant) on 2 CPU workers: both use SCALe, same loss / grad
-    norm as one process."""
-    config = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / f"{stage}.json"
-    logs = _train_two_workers(tiny, tmp_path, env={"DS_ACCELERATOR": "cpu"}, deepspeed=str(config))
-    _assert_same_steps(logs, single_process)
-    _assert_scale_ran(logs, 2)

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +19,19 @@ from trl import SFTConfig, SFTTrainer
 from scale_plugins.core import PREFIX
 from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
 
-from ..contract import EQUAL, SAMPLES, Run, RunResult, ScaleContract, step_recorder
+from ..contract import DISTRIBUTED, EQUAL, SAMPLES, Run, RunResult, ScaleContract, deepspeed_config, step_recorder
 from . import helpers
 
 pytestmark = pytest.mark.slow
+DIST_TRAIN = Path(__file__).with_name("dist_train.py")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @functools.cache
@@ -30,6 +43,7 @@ def _tokenizer():
 
 class TestTRLContract(ScaleContract):
     refused = ({"label_smoothing_factor": 0.1}, "label_smoothing_factor")
+    distributed_modes = DISTRIBUTED
 
     @property
     def tokenizer(self):
@@ -73,10 +87,61 @@ class TestTRLContract(ScaleContract):
         finally:
             gc.unfreeze()
         params = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        return RunResult(recorder.rows, params)
+        # held-out eval after training: the two-process runs must give the same metrics over the whole set
+        evaluated = trainer.evaluate(helpers.dataset(8, seed=7))
+        return RunResult(
+            recorder.rows, params, {"eval": {k: v for k, v in evaluated.items() if k in helpers.EVAL_KEYS}}
+        )
 
     def start(self, host_config: dict[str, Any], workdir: Path) -> None:
         self.trainer(Run(), workdir, host_config)
+
+    def run_distributed(self, runs: dict[str, Run], mode: str, workdir: Path) -> dict[str, RunResult]:
+        from safetensors.torch import load_file
+
+        spec = workdir / "runs.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    name: {
+                        "options": r.options,
+                        "per_device": r.per_device,
+                        "grad_accum": r.grad_accum,
+                        "max_steps": r.max_steps,
+                    }
+                    for name, r in runs.items()
+                }
+            )
+        )
+        config = deepspeed_config(mode)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+        ]
+        cmd += [str(DIST_TRAIN), str(spec), str(workdir)] + (["--deepspeed", str(config)] if config else [])
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            # DeepSpeed JIT-builds its CPU comm op into TORCH_EXTENSIONS_DIR: one cache per virtualenv
+            "TORCH_EXTENSIONS_DIR": str(Path(sys.prefix) / "torch_extensions"),
+            **({"DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"} if config else {}),
+        }
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=DIST_TRAIN.parents[2])
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-6000:]
+        # no rank fell back to the [B, T, V] logits: the fallback is logged with its counter's name
+        assert "logits_path" not in output, output[-3000:]
+        results = {}
+        for name, result in json.loads((workdir / "results.json").read_text()).items():
+            params = load_file(workdir / f"{name}.safetensors") if result["params"] else None
+            results[name] = RunResult(result["rows"], params, {"eval": result["eval"]})
+        return results
 
     # -- TRL specifics --------------------------------------------------------------------------------------
 
@@ -93,3 +158,14 @@ class TestTRLContract(ScaleContract):
         for ours, stock in zip(contract_runs["equal"].rows, contract_runs["stock"].rows, strict=True):
             for metric in ("entropy", "mean_token_accuracy", "num_tokens"):
                 assert ours[metric] == pytest.approx(stock[metric], rel=1e-5), metric
+
+    @pytest.mark.distributed
+    def test_two_process_eval_metrics_cover_the_whole_set(self, contract_runs, two_process_runs):
+        """The eval set split over 2 ranks (batch 2 each): SCALe's eval metrics are those of the whole set, as one
+        process computes them (one batch of 8) after the same training (not world_size x them, not one rank's)."""
+        _, runs = two_process_runs
+        for normalization in ("sample", "token"):
+            got, want = runs[f"{normalization}_2proc"].extra["eval"], contract_runs[f"{normalization}_b8"].extra["eval"]
+            assert got.keys() == want.keys() == set(helpers.EVAL_KEYS)
+            for key in helpers.EVAL_KEYS:
+                assert got[key] == pytest.approx(want[key], rel=1e-5), (normalization, key)

@@ -1,5 +1,5 @@
 """Evaluation metrics that mean what they say: independent of the eval batch size, the number of ranks (see
-test_distributed.py) and the training progress; eval_loss is the stock trainer's."""
+test_contract.py, the two-process eval) and the training progress; eval_loss is the stock trainer's."""
 
 from __future__ import annotations
 
