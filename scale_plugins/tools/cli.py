@@ -38,7 +38,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_real_model(args: argparse.Namespace) -> int:
     from ..hf.real_model import load_smollm2
 
-    print(load_smollm2(args.dest))
+    try:
+        path = load_smollm2(args.dest)
+    except (ImportError, FileNotFoundError) as error:  # the wheel or gguf missing: say what to install
+        print(f"scale-plugins real-model: error: {error}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 

@@ -1,12 +1,14 @@
 """Run several Axolotl trainings in one process through Axolotl's Python API (what ``axolotl train`` calls).
 
-    python run_axolotl.py runs.json results.json
+    python run_axolotl.py runs.json results.json [--dump-train-data]
     torchrun --nproc_per_node 2 run_axolotl.py runs.json results.json --cpu-distributed
 
 ``runs.json``: ``{name: axolotl config dict}``, run in order. ``results.json`` (written by rank 0):
 ``{name: {"trainer": class name, "num_processes", "distributed_type", "log_history": trainer.state.log_history,
 "rows": the training logs of the steps this run trained (as ``Trainer.log`` received them: Axolotl's and SCALe's
-metrics included), "trainable": names of the trainable parameters, "trainable_numel", "total_numel"}}`` with the
+metrics included), "trainer_mro", "scale_options" (repr), "eos_token", "trainable": names of the trainable
+parameters, "trainable_numel", "total_numel"; with ``--dump-train-data`` also "train_data": the ``input_ids`` and
+``labels`` of every row the trainer trains on}}`` with the
 exact (unrounded) logged floats. One process for several short runs saves Axolotl's import time (most of a tiny
 run's wall time on CPU); what exists before each run is frozen out of the garbage collector (Axolotl calls
 ``gc.collect()`` a dozen times a run, each a walk over every object of torch / transformers / Axolotl).
@@ -69,8 +71,16 @@ def run_one(config: dict) -> dict:
     dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
     _, _, trainer = train(cfg=cfg, dataset_meta=dataset_meta)
     params = list(trainer.model.named_parameters())
+    details = {}
+    if _DUMP_TRAIN_DATA:
+        data = trainer.train_dataset
+        details["train_data"] = {key: [list(row) for row in data[key]] for key in ("input_ids", "labels")}
     return {
+        **details,
         "trainer": type(trainer).__name__,
+        "trainer_mro": [cls.__name__ for cls in type(trainer).__mro__],
+        "scale_options": repr(getattr(trainer, "scale_options", None)),
+        "eos_token": trainer.processing_class.eos_token,
         "num_processes": trainer.accelerator.num_processes,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "log_history": trainer.state.log_history,
@@ -82,6 +92,7 @@ def run_one(config: dict) -> dict:
 
 
 _ROWS: list[dict] = []
+_DUMP_TRAIN_DATA = False
 
 
 def record_step_logs() -> None:
@@ -99,8 +110,10 @@ def record_step_logs() -> None:
 
 
 def main(spec_path: str, out_path: str, *flags: str) -> None:
+    global _DUMP_TRAIN_DATA
     if "--cpu-distributed" in flags:
         cpu_distributed_plumbing()
+    _DUMP_TRAIN_DATA = "--dump-train-data" in flags
     record_step_logs()
     with open(spec_path) as f:
         runs = json.load(f)

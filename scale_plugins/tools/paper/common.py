@@ -132,6 +132,44 @@ def timed_train(trainer: Any) -> tuple[float, list[dict]]:
     return time.perf_counter() - t0, list(trainer.state.log_history)
 
 
+def grpo_train(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], size: Any, training_args: dict[str, Any], **trainer: Any
+) -> tuple[Any, float, list[dict]]:
+    """TRL's ``GRPOTrainer`` (no vLLM, beta 0, constant rate) with :func:`~scale_plugins.rewards.format_reward` +
+    :func:`~scale_plugins.rewards.accuracy_reward` on ``rows`` (``prompt``, ``solution``), sized by ``size``'s
+    ``grpo_*`` / ``num_generations`` / ``max_new_tokens`` fields; ``trainer``: more GRPOTrainer arguments (e.g.
+    ``peft_config``). Returns (trained model, wall seconds, log_history)."""
+    import datasets
+    from trl import GRPOConfig, GRPOTrainer
+
+    from ...rewards import accuracy_reward, format_reward
+
+    config = GRPOConfig(
+        max_steps=size.grpo_steps,
+        per_device_train_batch_size=size.grpo_prompts_per_step * size.num_generations,
+        num_generations=size.num_generations,
+        max_completion_length=size.max_new_tokens,
+        learning_rate=size.grpo_learning_rate,
+        lr_scheduler_type="constant",
+        beta=0.0,
+        temperature=1.0,
+        use_vllm=False,
+        logging_steps=1,
+        log_completions=False,
+        **training_args,
+    )
+    grpo = GRPOTrainer(
+        model=model,
+        reward_funcs=[format_reward, accuracy_reward],
+        args=config,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+        **trainer,
+    )
+    elapsed, history = timed_train(grpo)
+    return grpo.model, elapsed, history
+
+
 # -- statistics and metadata ----------------------------------------------------------------------------------
 
 

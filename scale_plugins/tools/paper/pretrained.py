@@ -33,6 +33,7 @@ from . import tasks
 from .common import (
     accuracy_vs_time_panel,
     generate,
+    grpo_train,
     json_default,
     machine_info,
     mean_std,
@@ -182,18 +183,10 @@ def base_checkpoint() -> Path:
 
 
 def _training_args(out: Path, seed: int) -> dict[str, Any]:
-    return dict(
-        output_dir=str(out),
-        use_cpu=True,
-        bf16=True,  # CPU autocast to bfloat16; LoRA weights and optimizer state stay float32
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    from ...testing import cpu_training_args
+
+    # CPU autocast to bfloat16; LoRA weights and optimizer state stay float32
+    return {**cpu_training_args(out, seed), "bf16": True, "disable_tqdm": True}
 
 
 def _lora(size: PretrainedSize) -> Any:
@@ -261,41 +254,14 @@ def train_grpo(
     model: Any, size: PretrainedSize, seed: int, train: list[dict], out: Path
 ) -> tuple[Any, float, list[dict]]:
     """GRPO (LoRA, format_reward + accuracy_reward) from a merged SFT model; returns (merged model, seconds, log)."""
-    import datasets
     from transformers import AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
-
-    from ...rewards import accuracy_reward, format_reward
 
     tokenizer = AutoTokenizer.from_pretrained(str(base_checkpoint()))
     rows = [{"prompt": s["prompt"], "solution": s["solution"]} for s in train]
-    config = GRPOConfig(
-        max_steps=size.grpo_steps,
-        per_device_train_batch_size=size.grpo_prompts_per_step * size.num_generations,
-        num_generations=size.num_generations,
-        max_completion_length=size.max_new_tokens,
-        learning_rate=size.grpo_learning_rate,
-        lr_scheduler_type="constant",
-        beta=0.0,
-        temperature=1.0,
-        use_vllm=False,
-        logging_steps=1,
-        log_completions=False,
-        **_training_args(out, seed),
+    model, elapsed, history = grpo_train(
+        model, tokenizer, rows, size, _training_args(out, seed), peft_config=_lora(size)
     )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[format_reward, accuracy_reward],
-        args=config,
-        train_dataset=datasets.Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=_lora(size),
-    )
-    elapsed, history = timed_train(trainer)
-    return trainer.model.merge_and_unload(), elapsed, history
-
-
-# -- evaluation -----------------------------------------------------------------------------------------------
+    return model.merge_and_unload(), elapsed, history
 
 
 def score(family: str, completions: list[str], samples: list[dict], tokenizer: Any) -> dict[str, float]:

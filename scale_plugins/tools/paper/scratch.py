@@ -34,6 +34,7 @@ from ...data import synthetic_cot
 from .common import (
     accuracy_vs_time_panel,
     generate,
+    grpo_train,
     json_default,
     machine_info,
     mean_std,
@@ -259,40 +260,14 @@ def train_grpo(
     model_dir: Path, size: Size, seed: int, train: list[dict[str, Any]], out: Path
 ) -> tuple[Any, float, list[dict]]:
     """GRPO from an SFT checkpoint with format_reward + accuracy_reward; returns (model, wall seconds, log_history)."""
-    import datasets
     from transformers import AutoModelForCausalLM
-    from trl import GRPOConfig, GRPOTrainer
 
-    from ...rewards import accuracy_reward, format_reward
     from ...testing import bpe_tokenizer, cpu_training_args
 
-    tokenizer = copy.deepcopy(bpe_tokenizer())
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
     rows = [{"prompt": s["messages"][:1], "solution": s["solution"]} for s in train]
-    config = GRPOConfig(
-        max_steps=size.grpo_steps,
-        per_device_train_batch_size=size.grpo_prompts_per_step * size.num_generations,
-        num_generations=size.num_generations,
-        max_completion_length=size.max_new_tokens,
-        learning_rate=size.grpo_learning_rate,
-        lr_scheduler_type="constant",
-        beta=0.0,
-        temperature=1.0,
-        use_vllm=False,
-        logging_steps=1,
-        log_completions=False,
-        **cpu_training_args(out, seed),
-        disable_tqdm=True,
-    )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[format_reward, accuracy_reward],
-        args=config,
-        train_dataset=datasets.Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
-    elapsed, history = timed_train(trainer)
-    return trainer.model, elapsed, history
+    args = {**cpu_training_args(out, seed), "disable_tqdm": True}
+    return grpo_train(model, copy.deepcopy(bpe_tokenizer()), rows, size, args)
 
 
 def _load(model_dir: Path) -> Any:
