@@ -67,13 +67,14 @@ def main() -> None:
             model=helpers.model(tokenizer),
             args=config,
             train_dataset=helpers.dataset(SAMPLES),  # the contract's data (prompt-completion)
+            eval_dataset=helpers.dataset(8, seed=7),  # as the contract's single-process runs get it
             processing_class=tokenizer,
         )
         recorder = step_recorder()
         trainer.add_callback(recorder)
         trainer.train()
         # the eval set split over the ranks: metrics over the whole set, not world_size x them
-        evaluated = trainer.evaluate(helpers.dataset(8, seed=7))
+        evaluated = trainer.evaluate()
         results[name] = {
             "rows": recorder.rows,
             "eval": {key: value for key, value in evaluated.items() if key in helpers.EVAL_KEYS},
