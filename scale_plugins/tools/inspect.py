@@ -1,6 +1,6 @@
 """``scale-plugins inspect``: the tokens, masks and think/answer segments TRL's SFTTrainer trains on, per sample.
 
-A tool module: the command line (:mod:`scale_plugins.cli`) and the benchmarks import it; it imports none of them.
+A tool module: the command line (:mod:`scale_plugins.tools.cli`) and the benchmarks import it; it imports none of them.
 """
 
 from __future__ import annotations
