@@ -18,7 +18,9 @@ None of it is needed (or wanted) on GPUs:
 - Axolotl pins ``device_map`` to ``{"": LOCAL_RANK}`` in multi-process runs, i.e. a GPU index, and
   transformers then asks for an accelerator that does not exist: load on the CPU instead;
 - accelerate picks no process-group backend when there is no accelerator, so it treats the run as a single
-  process (every rank reads the whole data, ``num_processes == 1``): default the backend to gloo;
+  process (every rank reads the whole data, ``num_processes == 1``): default the backend to gloo; and for plain DDP
+  (``ACCELERATE_USE_CPU=true``, no DeepSpeed) tell the PartialState it runs on the CPU, so that the ranks train as
+  one (``MULTI_CPU``; without it each rank trains alone);
 - DeepSpeed's CPU shared-memory collectives are compiled with ninja on first use, which takes minutes on
   a small machine and leaves a lock behind when interrupted: use plain gloo collectives.
 """
@@ -52,6 +54,10 @@ def cpu_distributed_plumbing() -> None:
     def partial_state_init_gloo(self, cpu=False, **kwargs):
         if kwargs.get("backend") is None:
             kwargs["backend"] = "gloo"
+        # plain DDP (no DeepSpeed): accelerate sets up multi-process CPU training (MULTI_CPU) only when told it runs
+        # on the CPU; otherwise every rank trains alone (DistributedType.NO). AcceleratorState reads this variable,
+        # but Axolotl creates the PartialState first.
+        cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
         partial_state_init(self, cpu=cpu, **kwargs)
 
     accelerate.state.PartialState.__init__ = partial_state_init_gloo

@@ -24,10 +24,7 @@ RUN_AXOLOTL = Path(__file__).with_name("run_axolotl.py")
 class TestAxolotlContract(ScaleContract):
     # one of the keys that replace the loss SCALe computes; test_config.py checks the others
     refused = ({"flash_attn_cross_entropy": True}, "flash_attn_cross_entropy:")
-    # Plain DDP (torchrun without DeepSpeed) hangs on CPU after Axolotl loads the model (both ranks idle, no error);
-    # the CPU plumbing of run_axolotl.py is made for DeepSpeed's launch. DDP is covered for the shared mixin by the
-    # TRL and LLaMA-Factory harnesses.
-    distributed_modes = tuple(mode for mode in DISTRIBUTED if mode != "ddp")
+    distributed_modes = DISTRIBUTED
 
     @pytest.fixture(scope="class", autouse=True)
     def _setup(self, tiny_model_dir, tmp_path_factory):  # autouse: set up before the class-scoped contract_runs
@@ -78,7 +75,8 @@ class TestAxolotlContract(ScaleContract):
         from safetensors.torch import load_file
 
         ds = deepspeed_config(mode)
-        env = {**subprocess_env(), "OMP_NUM_THREADS": "1", **({"DS_ACCELERATOR": "cpu"} if ds else {})}
+        env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
+        env.update({"DS_ACCELERATOR": "cpu"} if ds else {"ACCELERATE_USE_CPU": "true"})
         torchrun = str(Path(PYTHON).with_name("torchrun"))
         results = {}
         for name, run in runs.items():
