@@ -198,11 +198,10 @@ def summarize_arms(records: list[dict[str, Any]], arms: tuple[str, ...], keys: t
 
 
 def step_curve(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[float]]:
-    """Mean and std over ``records`` (one per seed) of ``key`` at each logged step of their SFT log history."""
+    """Mean and std over ``records`` (SFT arms, one per seed) of ``key`` at each logged step of their log history."""
     per_step: dict[float, list[float]] = {}
     for r in records:
-        history = r["log_history"]
-        for row in history["sft"] if isinstance(history, dict) else history:
+        for row in r["log_history"]:
             if key in row and "step" in row and "train_runtime" not in row:
                 per_step.setdefault(row["step"], []).append(float(row[key]))
     steps = sorted(per_step)
