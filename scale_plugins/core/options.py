@@ -17,6 +17,7 @@ SCHEDULES = ("cosine", "linear", "constant", "step")
 NORMALIZATIONS = ("sample", "token")
 MISSING_TAG_POLICIES = ("warn", "error", "ignore")
 EMPTY_THINK_POLICIES = ("ignore", "think")
+CLOSE_TAG_SEGMENTS = ("think", "answer")
 RESERVED_SEGMENT_NAMES = ("ignored", "think", "answer")
 
 
@@ -110,6 +111,11 @@ class ScaleOptions:
     think_close: str = _opt(
         "</think>",
         "Closing tag of the reasoning segment. A closer without an opener in the supervised text (templates that put the opener in the prompt) makes the supervised text before it (since the previous think block) think.",
+    )
+    think_close_segment: str = _opt(
+        "think",
+        "Which segment the closing tag's tokens belong to: 'think' (the closer ends the trace and weighs like a trace token, 1/|think| of the think weight under sample normalization) or 'answer' (the decision to end the trace is trained with the answer's weight and averaged with the answer tokens; docs/concepts.md). Empty think blocks follow empty_think either way.",
+        choices=CLOSE_TAG_SEGMENTS,
     )
     schedule: str = _opt(
         "cosine",

@@ -15,6 +15,9 @@ Rules (docs/concepts.md):
   non-whitespace bytes, answer text first, then an extra segment, then think:
   ``'>B'`` after ``</think>`` (the Qwen2.5 BPE glues an answer letter to the closer) is
   answer, ``'>\\n\\n'`` is think, ``'.</'`` is think;
+- with ``think_close_segment="answer"`` the closer's bytes are answer (the decision to end the
+  trace is trained with the answer's weight, and counted in the answer's mean); a token that
+  merges trace text with the closer (``'.</'``) then goes to the answer, by the rule above;
 - an empty think block (only whitespace between the tags) is left out of the loss with
   ``empty_think="ignore"`` (the default), trained as think with ``"think"``;
 - an opener with no closer (truncation) makes the rest of the run think;
@@ -209,6 +212,7 @@ class _Span:
     start: int  # byte offsets of the whole span, tags included
     stop: int
     empty: bool  # nothing but whitespace between the tags
+    closed: bool = True  # the span ends with its closer (False: truncated, think to the end of the run)
 
 
 def _find_spans(data: bytes, open_tag: bytes, close_tag: bytes, orphan_close: bool) -> list[_Span]:
@@ -226,7 +230,7 @@ def _find_spans(data: bytes, open_tag: bytes, close_tag: bytes, orphan_close: bo
             return spans
         c = data.find(close_tag, o + len(open_tag))
         if c == -1:  # truncated: think to the end
-            spans.append(_Span(o, len(data), not data[o + len(open_tag) :].strip()))
+            spans.append(_Span(o, len(data), not data[o + len(open_tag) :].strip(), closed=False))
             return spans
         spans.append(_Span(o, c + len(close_tag), not data[o + len(open_tag) : c].strip()))
         pos = c + len(close_tag)
@@ -274,6 +278,7 @@ class SegmentTagger:
         tags += [(e.open_tag, e.close_tag, FIRST_EXTRA + i, False) for i, e in enumerate(options.extra_segments)]
         self._tags = [(o.encode("utf-8"), c.encode("utf-8"), seg, orphan) for o, c, seg, orphan in tags]
         self.empty_think_blocks = 0  # empty think blocks left out of the loss so far (empty_think="ignore")
+        self._close_as_answer = options.think_close_segment == "answer"
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, options: ScaleOptions) -> SegmentTagger:
@@ -351,6 +356,8 @@ class SegmentTagger:
                     empty = segment == THINK and span.empty and self.options.empty_think == "ignore"
                     byte_segment[span.start : span.stop] = _EMPTY_THINK if empty else segment
                     self.empty_think_blocks += int(empty)
+                    if segment == THINK and span.closed and not empty and self._close_as_answer:
+                        byte_segment[span.stop - len(close_tag) : span.stop] = ANSWER
             run_segments = _token_segments(data, byte_segment, self.table.lengths[flat[start:end].numpy()])
             seg[start:end] = np.where(run_segments == _EMPTY_THINK, IGNORED, run_segments)
         return segment_ids.view_as(targets)

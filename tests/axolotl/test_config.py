@@ -84,6 +84,7 @@ def minimal(**keys: Any) -> dict[str, Any]:
 NON_DEFAULT = {
     "think_open": "<reasoning>",
     "think_close": "</reasoning>",
+    "think_close_segment": "answer",
     "schedule": "step",
     "answer_weight_start": 0.2,
     "answer_weight_end": 0.7,
@@ -117,6 +118,7 @@ def test_good_config_loads_and_builds_the_scale_trainer_with_its_options(tiny_mo
     expected = ScaleOptions(
         think_open="<reasoning>",
         think_close="</reasoning>",
+        think_close_segment="answer",
         schedule="step",
         answer_weight_start=0.2,
         answer_weight_end=0.7,
@@ -238,6 +240,7 @@ BAD_VALUES: dict[str, list[Any]] = {
         "p:<p>:</p>",
     ],
     "empty_think": ["keep", "Think", True, 1],
+    "think_close_segment": ["closer", "Answer", True, 1],
     "on_missing_think": ["raise", True],
     "ignore_index": [1.5, True, "x"],
 }
@@ -405,6 +408,7 @@ def test_axolotl_cli_does_not_load_cli_command_entry_points_for_train(monkeypatc
 EXPECTED_ARGS: dict[str, tuple[Any, Any, list[str] | None]] = {
     "scale_think_open": (str, "<think>", None),
     "scale_think_close": (str, "</think>", None),
+    "scale_think_close_segment": (str, "think", ["think", "answer"]),
     "scale_schedule": (str, "cosine", ["cosine", "linear", "constant", "step"]),
     "scale_answer_weight_start": (float, 0.1, None),
     "scale_answer_weight_end": (float, 0.9, None),

@@ -193,9 +193,12 @@ def reference_segments(
                 value = EMPTY if ignored else segment
                 before = value if a is None else before
                 after = value if b is None else after
+                closed = b is not None
                 a = 0 if a is None else a
                 b = len(run) if b is None else b
                 char_seg[a:b] = [value] * (b - a)
+                if segment == THINK and closed and not ignored and options.think_close_segment == "answer":
+                    char_seg[b - len(close_tag) : b] = [ANSWER] * len(close_tag)
         for t in range(i, j):
             chars = range(max(offsets[t][0], lo_whole) - lo_whole, min(offsets[t][1], hi_whole) - lo_whole)
             votes = [char_seg[c] for c in chars if run[c] not in whitespace]
@@ -244,6 +247,7 @@ def text_of(enc: Encoded, seg: list[int], segment: int) -> str:
 
 OPTS = ScaleOptions()
 OPTS_EXTRA = ScaleOptions(extra_segments=(PERCEPTION,))
+OPTS_CLOSE = ScaleOptions(think_close_segment="answer", extra_segments=(PERCEPTION,))
 OPTS_KIMI = ScaleOptions(think_open="◁think▷", think_close="◁/think▷", extra_segments=(PERCEPTION,), ignore_index=-1)
 SYSTEM = {"role": "system", "content": "You are a helpful assistant. Think in <think> tags, answer in <answer> tags."}
 
@@ -401,6 +405,43 @@ def test_truncated_think(tok, table: TokenTable) -> None:
         seg = check(table, OPTS, enc)
         assert ANSWER not in seg  # the whole supervised part is an unclosed think block
         assert seg[-1] == THINK
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "<think>5 > 3, so 5.</think><answer>5</answer>",
+        "<think>\nStep 1.\n</think>\n\n<answer>\n12\n</answer>",
+        "<think>Option B fits the facts.</think>B",
+        "<think>a</think>b<think>c</think>d",
+    ],
+)
+def test_closer_as_answer(tok, table: TokenTable, content: str) -> None:
+    """think_close_segment='answer': the closer's tokens move from think to answer; nothing else changes."""
+    enc = encode_parts(tok, chat_parts([user("Which is larger?"), assistant(content)]))
+    closing = ScaleOptions(think_close_segment="answer")
+    as_think, as_answer = check(table, OPTS, enc), check(table, closing, enc)
+    moved = [t for t, (a, b) in enumerate(zip(as_think, as_answer)) if a != b]
+    assert moved and all(as_think[t] == THINK and as_answer[t] == ANSWER for t in moved)
+    moved_text = "".join(enc.text[slice(*enc.offsets[t])] for t in moved)
+    assert moved_text.count("think") == content.count("</think>") and "<think" not in moved_text
+    think_text = text_of(enc, as_answer, THINK)
+    assert "</think" not in think_text and think_text.startswith("<think")
+    assert "think>" in text_of(enc, as_answer, ANSWER)
+
+
+def test_closer_as_answer_keeps_truncated_and_empty_blocks(tok, table: TokenTable) -> None:
+    """No closer (truncation): nothing moves. An empty block (ignored by default): its closer stays out too."""
+    closing = ScaleOptions(think_close_segment="answer")
+    cut = encode_parts(tok, chat_parts([user("q"), assistant("<think>we consider every case carefully")]))
+    assert check(table, closing, cut) == check(table, OPTS, cut)
+    empty = encode_parts(tok, chat_parts([user("Hi"), assistant("<think>\n\n</think>\n\nHello!")]))
+    assert check(table, closing, empty) == check(table, OPTS, empty)
+    orphan = encode_parts(
+        tok, chat_parts([user("2+2?"), assistant("two and two.\n</think>\n\n<answer>4</answer>")], "<think>\n")
+    )
+    seg = check(table, closing, orphan)
+    assert "</think" not in text_of(orphan, seg, THINK) and "think>" in text_of(orphan, seg, ANSWER)
 
 
 def test_answer_only(tok, table: TokenTable) -> None:
@@ -659,7 +700,7 @@ def test_property_tagger_equals_reference(tokenizers: dict, tables: dict, case) 
                 mask = enc.supervised
             sup = [m and t >= n_prefix for t, m in enumerate(mask)]
             samples.append(enc.with_mask(sup))
-        for options in (OPTS, OPTS_EXTRA, OPTS_KIMI):
+        for options in (OPTS, OPTS_EXTRA, OPTS_CLOSE, OPTS_KIMI):
             for s in samples:
                 check(table, options, s)
             if samples:

@@ -207,6 +207,25 @@ def test_empty_think_is_a_dropdown_of_the_core_choices(ui, tiny, tmp_path):
     assert args["scale_empty_think"] == "think"
 
 
+def test_closing_tag_setting_is_a_dropdown_that_reaches_the_training_args(ui, tiny, tmp_path):
+    from llamafactory.webui.locales import LOCALES
+
+    engine, _ = ui
+    control = engine.manager.get_elem_by_id("train.scale_think_close_segment")
+    assert isinstance(control, gr.Dropdown)
+    assert [value for _, value in control.choices] == ["think", "answer"] and control.value == "think"
+    labels = {lang: entry["label"] for lang, entry in LOCALES["scale_think_close_segment"].items()}
+    assert labels["en"] == "Closing tag trained as" and len(set(labels.values())) == 5
+    args = engine.runner._parse_train_args(
+        _form(engine, tiny, tmp_path / "out", train__scale_think_close_segment="answer")
+    )
+    assert args["scale_think_close_segment"] == "answer"
+    (update,) = list(
+        engine.runner.preview_train(_form(engine, tiny, tmp_path / "out", train__scale_think_close_segment="answer"))
+    )
+    assert "--scale_think_close_segment answer" in update[engine.manager.get_elem_by_id("train.output_box")]
+
+
 def test_loss_plot_shows_the_scale_losses_and_weights(ui):
     """The monitor's plot (from trainer_log.jsonl) gets the think / answer losses and, on a second axis, the weights."""
     from llamafactory.webui import control

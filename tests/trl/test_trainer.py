@@ -201,3 +201,34 @@ def test_empty_think_blocks_in_mixed_data(tmp_path, tokenizer, policy):
     trainer.train()
     logged = [r for r in trainer.state.log_history if "scale/answer_weight" in r]
     assert ("scale/empty_think_blocks" in logged[-1]) == (policy == "ignore")
+
+
+def test_closing_tag_as_answer_through_the_trainer(tmp_path, tokenizer):
+    """scale_think_close_segment='answer': the trainer's batches carry the closer's tokens in the answer segment,
+    the other tokens where 'think' puts them, and the step's SCALe loss is built from those segments."""
+    import datasets
+
+    data = datasets.Dataset.from_list(helpers.dataset(8))
+    segments = {}
+    for setting in ("think", "answer"):
+        trainer = ScaleSFTTrainer(
+            model=helpers.model(tokenizer),
+            args=helpers.config(
+                ScaleSFTConfig, tmp_path / setting, per_device_train_batch_size=8, scale_think_close_segment=setting
+            ),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
+        assert trainer.scale_options.think_close_segment == setting
+        batches, _ = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 1, trainer.args.device)
+        segments[setting] = batches[0]["scale_segments"].segment_ids
+        targets = batches[0]["labels"][:, 1:]
+    moved = segments["think"] != segments["answer"]
+    assert bool(moved.any())
+    assert bool((segments["think"][moved] == 1).all()) and bool((segments["answer"][moved] == 2).all())
+    closer = tokenizer.decode(targets[moved[:, :-1]][: int(moved[0].sum())])
+    assert "think>" in closer and "<think" not in closer, closer
+    # every trace keeps its other think tokens
+    assert bool(((segments["answer"] == 1).sum(dim=1) == (segments["think"] == 1).sum(dim=1) - moved.sum(dim=1)).all())
+    trainer.train()
+    assert all(math.isfinite(r["loss"]) for r in trainer.state.log_history if "loss" in r)
