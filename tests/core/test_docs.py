@@ -1,6 +1,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from scale_plugins.core.options import option_fields, options_markdown
 
 DOCS = Path(__file__).parents[2] / "docs"
@@ -55,3 +57,23 @@ def test_relative_links_in_the_docs_resolve():
             if not (md.parent / target).exists():
                 broken.append(f"{md.name}: {target}")
     assert not broken, broken
+
+
+def _plain(text: str) -> str:
+    """Markdown cell text without the formatting that may differ from the help string (quotes, backticks, escapes)."""
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("\\|", "|")
+    return " ".join(re.sub(r"[`'\\]", "", text).split())
+
+
+@pytest.mark.parametrize("doc", ["axolotl.md", "llamafactory.md"])
+def test_host_option_tables_state_the_core_help(doc):
+    """The hosts' option tables are written by hand (a host adds its own notes): each row states the option's help
+    from the core, so a help text that changes (e.g. the schedule's p = step / (max_steps - 1)) fails here."""
+    text = (DOCS / doc).read_text()
+    stale = []
+    for opt in option_fields():
+        row = re.search(rf"^\| `scale_{opt.name}` \|(.*)$", text, re.MULTILINE)
+        assert row, f"docs/{doc} has no row for scale_{opt.name}"
+        if _plain(opt.help) not in _plain(row.group(1)):
+            stale.append(opt.name)
+    assert not stale, f"docs/{doc}: these rows do not state the core's help text: {stale}"
