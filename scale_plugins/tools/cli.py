@@ -1,4 +1,4 @@
-"""``scale-plugins``: inspect, schedule, options, demo, bench, bench-paper, real-model, trl-sft.
+"""``scale-plugins``: inspect, schedule, options, demo, bench, bench-paper, real-model, recipes, trl-sft.
 
 Frameworks are imported inside the subcommands only, so ``scale-plugins schedule``
 works in any environment.
@@ -57,6 +57,12 @@ def cmd_bench_paper(args: argparse.Namespace) -> int:
     from .bench_paper import main as bench_paper_main
 
     return bench_paper_main(args)
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipes import main as recipes_main
+
+    return recipes_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
         "an existing conversion is reused",
     )
     p.set_defaults(func=cmd_real_model)
+
+    p = sub.add_parser(
+        "recipes",
+        help="write the recipes, DeepSpeed configs and LLaMA-Factory's dataset_info.json to a folder",
+        description="Write the recipes of this scale-plugins (per-host SCALe-SFT and GRPO recipes, the DeepSpeed "
+        "configs, LLaMA-Factory's dataset_info.json and the bundled synthetic CoT data they name) to DEST/recipes. "
+        "Their paths are relative to DEST: run them from there, as the docs run them from the repository root.",
+    )
+    from .recipes import add_arguments as add_recipes_arguments
+
+    add_recipes_arguments(p)
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser(
         "trl-sft", help="`trl sft` with ScaleSFTTrainer: scale-plugins trl-sft --config recipe.yaml", add_help=False
