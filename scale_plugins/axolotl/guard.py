@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 PLUGIN_PATH = "scale_plugins.axolotl.ScalePlugin"
-_AXOLOTL_CONFIG = ("axolotl.utils.schemas.config", "AxolotlInputConfig")
+#: Axolotl's config model, by class name inside the ``axolotl`` package (0.19: ``axolotl.utils.schemas.config``):
+#: matched by name and package, not by module path, so that a release that moves the class keeps the guard on.
+_AXOLOTL_CONFIG = ("axolotl", "AxolotlInputConfig")
 _SCALE_ARGS = ("scale_plugins.axolotl.args", "ScaleArgs")
 
 
@@ -30,11 +32,14 @@ class ScalePluginNotActiveError(ValueError):
     """``loss: scale`` (or a ``scale_*`` key) in a config validated without the SCALe plugin."""
 
 
-def _in_mro(cls: Any, module_and_name: tuple[str, str]) -> bool:
-    return any(
-        (getattr(c, "__module__", None), getattr(c, "__name__", None)) == module_and_name
-        for c in getattr(cls, "__mro__", ())
-    )
+def _in_mro(cls: Any, package_and_name: tuple[str, str]) -> bool:
+    """Whether a class of that name, defined in that package or a module below it, is among ``cls``'s bases."""
+    package, name = package_and_name
+    for c in getattr(cls, "__mro__", ()):
+        module = getattr(c, "__module__", None) or ""
+        if getattr(c, "__name__", None) == name and (module == package or module.startswith(package + ".")):
+            return True
+    return False
 
 
 def requested_scale_keys(data: Mapping[str, Any], known: Any = ()) -> list[str]:

@@ -371,6 +371,23 @@ def test_validation_with_gpu_capabilities_is_guarded_too():
         validate_config(DictDefault(minimal(loss="scale")), capabilities=capabilities, env_capabilities={})
 
 
+def test_guard_survives_axolotl_moving_its_config_model():
+    """The guard matches ``AxolotlInputConfig`` by name inside the ``axolotl`` package, not by module path: a
+    release that moves the class to another module keeps the guard on (it used to go quiet)."""
+    import pydantic
+
+    from scale_plugins.axolotl.guard import ScalePluginNotActiveError, plugin
+
+    moved = type("AxolotlInputConfig", (pydantic.BaseModel,), {"__module__": "axolotl.schemas.moved_here"})
+    sub = type("AxolotlConfigWCapabilities", (moved,), {"__module__": "axolotl.elsewhere"})
+    lookalike = type("AxolotlInputConfig", (pydantic.BaseModel,), {"__module__": "someone_else.config"})
+    for schema_type in (moved, sub):
+        handler, _, _ = plugin.new_schema_validator(None, schema_type, None, None, None, None)
+        with pytest.raises(ScalePluginNotActiveError):
+            handler.on_enter({"loss": "scale"})
+    assert plugin.new_schema_validator(None, lookalike, None, None, None, None) == (None, None, None)
+
+
 def test_guard_ignores_configs_that_do_not_ask_for_scale():
     from scale_plugins.axolotl.guard import check_scale_plugin_active
 
