@@ -169,12 +169,16 @@ def test_select_scale_preview_and_start(webui, tiny, tmp_path):
             assert "llamafactory-cli" not in text
             _dismiss_toasts(page)  # e.g. "non-instruct model" warnings
             page.screenshot(path=str(tmp_path / "webui_full.png"), full_page=True)
-            # the docs picture: from the top of the page to the end of the SCALe settings
+            # the docs picture: from the top of the page to the end of the SCALe settings. The model path box shows a
+            # placeholder, not this machine's temporary folder (the DOM value only: the UI's state keeps the real one)
             page.evaluate("window.scrollTo(0, 0)")
             bottom = _field(page, "Extra segments").bounding_box()
             shot = tmp_path / "llamafactory_scale.png"
             clip = {"x": 0, "y": 0, "width": 1400, "height": bottom["y"] + bottom["height"] + 40}
+            model_box = _field(page, "Model path")
+            model_box.evaluate("(el, value) => { el.value = value; }", "path/to/your/model")
             page.screenshot(path=str(shot), clip=clip, full_page=True)
+            model_box.evaluate("(el, value) => { el.value = value; }", str(tiny.model))
             if os.getenv("SCALE_UPDATE_DOCS_IMG") == "1":
                 DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(shot, DOCS_IMAGE)
