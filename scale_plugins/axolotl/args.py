@@ -21,6 +21,27 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from ..core import OPTION_KEYS, PREFIX, ScaleOptions, option_fields
 
 PLUGIN_PATH = "scale_plugins.axolotl.ScalePlugin"
+
+#: How to keep the prompt out of the loss in Axolotl (the supervised-prompt warnings of the plugin and trainer).
+PROMPT_FIX = (
+    "set `train_on_inputs: false` and, for `type: chat_template` datasets, `roles_to_train: [assistant]`; a "
+    "multimodal model without built-in turn markers needs `role_boundaries` (docs/axolotl.md, Multimodal)"
+)
+#: Roles whose turns are prompt, not answer (Axolotl's chat_template role names and their common aliases).
+PROMPT_ROLES = frozenset({"user", "human", "system", "tool", "ipython", "function", "observation", "input"})
+
+
+def supervised_prompt_settings(cfg: Mapping[str, Any]) -> list[str]:
+    """The settings of an Axolotl config that train prompt tokens, which SCALe would weigh as answer."""
+    found = ["train_on_inputs: true"] if cfg.get("train_on_inputs") else []
+    for i, dataset in enumerate(cfg.get("datasets") or []):
+        roles = dataset.get("roles_to_train") if isinstance(dataset, Mapping) else None
+        prompt_roles = sorted({str(role) for role in roles or []} & PROMPT_ROLES)
+        if prompt_roles:
+            found.append(f"datasets[{i}].roles_to_train: {prompt_roles}")
+    return found
+
+
 _OPTION_NAMES = tuple(opt.name for opt in option_fields())
 _NUMERIC_KEYS = tuple(PREFIX + opt.name for opt in option_fields() if opt.type in (int, float))
 

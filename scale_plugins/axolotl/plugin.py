@@ -8,7 +8,7 @@ from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
 from ..core import ScaleConfigError
-from .args import PLUGIN_PATH, scale_options_from_cfg
+from .args import PLUGIN_PATH, PROMPT_FIX, scale_options_from_cfg, supervised_prompt_settings
 
 # Axolotl's log filter shows INFO records of `axolotl.*` loggers only.
 LOG = get_logger("axolotl.scale_plugins")
@@ -39,7 +39,8 @@ class ScalePlugin(BasePlugin):
 
     - ``register``: warns when the plugin is listed without ``loss: scale`` (SCALe is then off);
     - ``get_input_args``: adds ``loss`` and the ``scale_*`` keys (:mod:`.args`) to the config schema;
-    - ``pre_model_load``: passes ``role_boundaries`` on as plain dicts (:func:`plain_role_boundaries`), so the
+    - ``pre_model_load``: warns when the config trains prompt tokens (``train_on_inputs``, prompt roles in
+      ``roles_to_train``); passes ``role_boundaries`` on as plain dicts (:func:`plain_role_boundaries`), so the
       turn markers a multimodal recipe declares work in Axolotl 0.19.0;
     - ``get_trainer_cls``: :class:`~scale_plugins.axolotl.trainer.ScaleAxolotlTrainer` when ``loss: scale``
       (never for ``rl:`` runs, which the config validation refuses anyway);
@@ -65,6 +66,15 @@ class ScalePlugin(BasePlugin):
     def pre_model_load(self, cfg: Any) -> None:
         if not _wants_scale(cfg):
             return
+        if settings := supervised_prompt_settings(cfg):
+            # Axolotl trains the content of these turns (their headers stay masked): SCALe's step check, which looks
+            # for samples supervised from their first token, would not see it
+            LOG.warning(
+                "SCALe: this config trains prompt tokens (%s), and SCALe counts every supervised token outside the "
+                "think block as answer: the prompt is weighed as answer. To fix it: %s.",
+                ", ".join(settings),
+                PROMPT_FIX,
+            )
         if converted := plain_role_boundaries(cfg):
             LOG.info(
                 "SCALe: passing %d role_boundaries entries on as plain dicts (works around Axolotl 0.19.0's "

@@ -18,6 +18,7 @@ from transformers import Trainer
 
 from ..core import ScaleConfigError, ScaleOptions
 from ..hf import ScaleTrainerMixin
+from .args import PROMPT_FIX
 
 
 class _ScaleLossBelowAxolotl(Trainer):
@@ -34,6 +35,7 @@ class ScaleAxolotlTrainer(ScaleTrainerMixin, AxolotlTrainer, _ScaleLossBelowAxol
     :meth:`with_options`, which is how :class:`~scale_plugins.axolotl.ScalePlugin` passes the YAML's)."""
 
     scale_bound_options: ClassVar[ScaleOptions | None] = None
+    scale_prompt_fix = PROMPT_FIX
 
     @classmethod
     def with_options(cls, options: ScaleOptions) -> type[ScaleAxolotlTrainer]:

@@ -104,6 +104,25 @@ class _EvalLog:
         return buf[:n].view(self.num_segments, 4), buf[n : n + 2], float(buf[-1])
 
 
+def samples_supervised_from_start(segments: SegmentBatch) -> int:
+    """How many samples of a micro-batch have one of their first two targets supervised: nothing is masked at their
+    start, so their prompt (system / user turns), if they have one, is trained, and SCALe would weigh it as answer.
+    Conversational data with an assistant mask, prompt-completion data and every host's prompt masking leave at least
+    the first turn's header unsupervised."""
+    ids = segments.sample_ids.reshape(-1).long()
+    seg = segments.segment_ids.reshape(-1)
+    n = ids.numel()
+    if n == 0 or segments.num_samples == 0:
+        return 0
+    positions = torch.arange(n, device=ids.device)
+    first = torch.full((segments.num_samples,), n, dtype=torch.long, device=ids.device)
+    first = first.scatter_reduce(0, ids, positions, reduce="amin")
+    first = first[first < n]
+    second = (first + 1).clamp(max=n - 1)
+    supervised = (seg[first] != 0) | ((ids[second] == ids[first]) & (seg[second] != 0))
+    return int(supervised.sum())
+
+
 def _router_aux_loss_coef(model: Any) -> float:
     """The MoE load-balancing coefficient the model's own forward would use (text config for VLM wrappers)."""
     config = getattr(model, "config", None)
@@ -116,6 +135,9 @@ class ScaleTrainerMixin:
 
     # compute_loss returns a loss normalized over the whole optimizer step already
     loss_is_scaled_for_ga = True
+
+    #: How to keep the prompt out of the loss in this host (the supervised-prompt warning names it); adapters override.
+    scale_prompt_fix = "train the assistant turns only (an assistant mask) or use prompt-completion data"
 
     def scale_setup(self, options: ScaleOptions, processing_class: Any) -> None:
         tokenizer = _text_tokenizer(processing_class)
@@ -170,10 +192,22 @@ class ScaleTrainerMixin:
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)  # type: ignore[misc]
         counts = StepCounts(len(self._scale_names))
+        from_start, samples = 0, 0
         for batch in batch_samples:
             segments = self.scale_tag(batch)
             batch[SEGMENTS_KEY] = segments
             counts.add(segments)
+            from_start += samples_supervised_from_start(segments)
+            samples += segments.num_samples
+        if from_start:
+            self._scale_count_fallback(
+                "steps_with_supervised_prompt",
+                f"{from_start} of the {samples} samples of optimizer step {self.state.global_step} on this rank are "  # type: ignore[attr-defined]
+                "supervised from their first token: nothing of their start is masked, so their prompt (system and "
+                "user turns) is trained, and SCALe counts every supervised token outside the think block as answer: "
+                f"the prompt is weighed as answer. To fix it: {self.scale_prompt_fix}. If the samples really have no "
+                "prompt (plain CoT text), this is expected",
+            )
         self._scale_check_world_size()
         # Every rank reaches this point once per step, with or without data: the collective cannot hang.
         self._scale_step_counts = counts.all_reduce(device=self.args.device)  # type: ignore[attr-defined]

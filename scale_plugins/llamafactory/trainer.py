@@ -29,6 +29,8 @@ class ScaleSeq2SeqTrainer(ScaleTrainerMixin, CustomSeq2SeqTrainer):
     :class:`~scale_plugins.llamafactory.hparams.ScaleFinetuningArguments` with ``use_scale_loss: true``.
     """
 
+    scale_prompt_fix = "set `train_on_prompt: false` (LLaMA-Factory's default), which masks every prompt"
+
     def __init__(self, finetuning_args: Any, *args: Any, **kwargs: Any):
         if not getattr(finetuning_args, SWITCH, False):
             raise ScaleConfigError(

@@ -29,6 +29,12 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
     log-probs from TRL's fused LM head where TRL has one (>= 1.16; no logits either), else from the logits.
     """
 
+    scale_prompt_fix = (
+        "conversational data (`messages`) needs `assistant_only_loss: true` (a chat template with generation "
+        "markers), or use prompt-completion data (`prompt` / `completion` columns, images beside them for a VLM) "
+        "with `completion_only_loss` on (TRL's default); `scale-plugins inspect` shows what is supervised"
+    )
+
     def __init__(self, *args: Any, **kwargs: Any):
         args_ = kwargs.get("args", args[1] if len(args) > 1 else None)
         if args_ is None:

@@ -613,3 +613,20 @@ def test_docs_list_every_option():
     docs = (Path(__file__).parents[2] / "docs" / "axolotl.md").read_text()
     for opt in option_fields():
         assert f"| `scale_{opt.name}` |" in docs, opt.name
+
+
+@pytest.mark.parametrize(
+    ("cfg", "found"),
+    [
+        ({"datasets": [{"roles_to_train": ["assistant"]}]}, []),
+        ({"train_on_inputs": True}, ["train_on_inputs: true"]),
+        (
+            {"datasets": [{"roles_to_train": ["assistant"]}, {"roles_to_train": ["user", "assistant"]}]},
+            ["datasets[1].roles_to_train: ['user']"],
+        ),
+    ],
+)
+def test_supervised_prompt_settings(cfg, found):
+    from scale_plugins.axolotl.args import supervised_prompt_settings
+
+    assert supervised_prompt_settings(cfg) == found

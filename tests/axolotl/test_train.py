@@ -136,3 +136,22 @@ def test_cli_train_with_misspelled_scale_keys_stops_before_training(tiny_model_d
     assert "scale_answer_weight_ennd: not a SCALe option; did you mean `scale_answer_weight_end`?" in output
     assert "Starting trainer" not in output
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_cli_train_with_assistant_turns_only_does_not_report_a_trained_prompt(cli_run):
+    result, history = cli_run
+    assert "the prompt is weighed as answer" not in result.stdout + result.stderr
+    assert all("scale/steps_with_supervised_prompt" not in entry for entry in history)
+
+
+def test_cli_train_on_inputs_reports_the_trained_prompt_once_with_the_fix(tiny_model_dir, tmp_path):
+    """`train_on_inputs: true` supervises the user turns, which SCALe would weigh as answer: warned once, with the
+    Axolotl settings that fix it."""
+    data = write_jsonl(tmp_path / "cot.jsonl", cot_samples(8))
+    config = axolotl_config(tiny_model_dir, data, tmp_path, max_steps=2, train_on_inputs=True, **scale_keys())
+    result = axolotl_train(config, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    warnings = [line for line in output.splitlines() if "the prompt is weighed as answer" in line]
+    assert len(warnings) == 1, warnings
+    assert "trains prompt tokens (train_on_inputs: true)" in warnings[0] and "train_on_inputs: false" in warnings[0]

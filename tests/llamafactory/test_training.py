@@ -5,6 +5,7 @@ tests/llamafactory/test_contract.py."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -61,3 +62,20 @@ def test_evaluation_reports_plain_ce_and_the_segment_losses(tiny, patched, tmp_p
     assert entry["eval_scale/think_tokens"] > 0 and entry["eval_scale/answer_tokens"] > 0
     assert all(math.isfinite(entry[f"eval_scale/{name}_loss"]) for name in ("think", "answer"))
     assert "eval_scale/answer_weight" not in entry
+
+
+@pytest.mark.parametrize("train_on_prompt", [True, False])
+def test_a_trained_prompt_is_reported_once_with_the_fix(patched, tiny, tmp_path, caplog, train_on_prompt):
+    """`train_on_prompt: true` supervises the prompt, which SCALe would weigh as answer: warned once, counted."""
+    config = train_config(tiny, tmp_path / "out", train_on_prompt=train_on_prompt)
+    with caplog.at_level(logging.WARNING, logger="scale_plugins"):
+        logs = train_in_process(config)
+    # one record (LLaMA-Factory's logging set-up can hand caplog the same record twice)
+    warnings = sorted(
+        {(r.created, r.getMessage()) for r in caplog.records if "steps_with_supervised_prompt" in r.getMessage()}
+    )
+    if train_on_prompt:
+        assert len(warnings) == 1 and "train_on_prompt: false" in warnings[0][1], warnings
+        assert logs[-1]["scale/steps_with_supervised_prompt"] == 2
+    else:
+        assert not warnings and all("scale/steps_with_supervised_prompt" not in entry for entry in logs)
