@@ -1,4 +1,4 @@
-"""``scale-plugins``: inspect, schedule, options, demo, bench, bench-paper, real-model, recipes, trl-sft.
+"""``scale-plugins``: inspect, schedule, options, demo, bench, bench-paper, study, real-model, recipes, trl-sft.
 
 Frameworks are imported inside the subcommands only, so ``scale-plugins schedule``
 works in any environment.
@@ -57,6 +57,12 @@ def cmd_bench_paper(args: argparse.Namespace) -> int:
     from .bench_paper import main as bench_paper_main
 
     return bench_paper_main(args)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .study import main as study_main
+
+    return study_main(args)
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -130,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_paper_arguments(p)
     p.set_defaults(func=cmd_bench_paper)
+
+    p = sub.add_parser(
+        "study",
+        help="the powered comparison: vanilla vs SCALe-SFT on a real model, budgets as a curve, paired statistics, "
+        "resumable (docs/results.md)",
+    )
+    from .study import add_arguments as add_study_arguments
+
+    add_study_arguments(p)
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser(
         "real-model",

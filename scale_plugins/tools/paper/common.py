@@ -4,6 +4,7 @@ timing, per-arm statistics, the run's metadata and the plots' building blocks.""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -42,7 +43,7 @@ def segment_ce(model: Any, tokenizer: Any, samples: list[dict[str, Any]], batch_
             labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in encoded])
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded])
             segments = tagger.tag(labels, shift=True).segment_ids
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float().cpu()
             targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
             ce = torch.nn.functional.cross_entropy(
                 logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
@@ -55,6 +56,34 @@ def segment_ce(model: Any, tokenizer: Any, samples: list[dict[str, Any]], batch_
         "think_ce": float(totals[1] / counts[1]) if counts[1] else float("nan"),
         "answer_ce": float(totals[2] / counts[2]) if counts[2] else float("nan"),
     }
+
+
+@functools.cache
+def on_cuda() -> bool:
+    """Whether the study trains and generates on a CUDA GPU (``SCALE_PLUGINS_DEVICE=cpu`` keeps it on the CPU)."""
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("SCALE_PLUGINS_DEVICE", "").lower() != "cpu"
+
+
+@functools.cache
+def bf16_is_fast() -> bool:
+    """bf16 on a CUDA GPU; on a CPU only where a bf16 matmul is measured faster than float32 (CPUs without native
+    bf16, e.g. AVX2-only ones, emulate it and train about 10x slower than in float32)."""
+    import torch
+
+    if on_cuda():
+        return True
+
+    def seconds(dtype: Any) -> float:
+        a, b = torch.randn(384, 384, dtype=dtype), torch.randn(384, 384, dtype=dtype)
+        a @ b
+        t0 = time.perf_counter()
+        for _ in range(8):
+            a @ b
+        return time.perf_counter() - t0
+
+    return min(seconds(torch.bfloat16) for _ in range(3)) < 0.8 * min(seconds(torch.float32) for _ in range(3))
 
 
 def through_eos(ids: list[int], labels: list[int], eos: int) -> tuple[list[int], list[int]]:
@@ -95,6 +124,7 @@ def generate(
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(model.device)
             gen = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,

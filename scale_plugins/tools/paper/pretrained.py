@@ -32,11 +32,13 @@ from typing import Any
 from . import tasks
 from .common import (
     accuracy_vs_time_panel,
+    bf16_is_fast,
     generate,
     grpo_train,
     json_default,
     machine_info,
     mean_std,
+    on_cuda,
     pyplot,
     quiet_libraries,
     segment_ce,
@@ -185,8 +187,18 @@ def base_checkpoint() -> Path:
 def _training_args(out: Path, seed: int) -> dict[str, Any]:
     from ...testing import cpu_training_args
 
-    # CPU autocast to bfloat16; LoRA weights and optimizer state stay float32
-    return {**cpu_training_args(out, seed), "bf16": True, "disable_tqdm": True}
+    # bf16 autocast where it is fast (a CUDA GPU, a CPU with native bf16); LoRA weights and optimizer state stay float32
+    args = {**cpu_training_args(out, seed), "bf16": bf16_is_fast(), "disable_tqdm": True}
+    if on_cuda():
+        args["use_cpu"] = False
+    return args
+
+
+def eval_dtype() -> Any:
+    """The dtype of the model copy that generates: bfloat16 where it is fast, else float32 (``None``: as trained)."""
+    import torch
+
+    return torch.bfloat16 if bf16_is_fast() else None
 
 
 def _lora(size: PretrainedSize) -> Any:
@@ -201,6 +213,12 @@ def _lora(size: PretrainedSize) -> Any:
     )
 
 
+def base_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(base_checkpoint()))
+
+
 def _load_base() -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -209,9 +227,20 @@ def _load_base() -> tuple[Any, Any]:
 
 
 def train_sft(
-    kind: str, size: PretrainedSize, seed: int, lr: float, train: list[dict], out: Path, scale_set: dict[str, Any]
+    kind: str,
+    size: PretrainedSize,
+    seed: int,
+    lr: float,
+    train: list[dict],
+    out: Path,
+    scale_set: dict[str, Any],
+    lr_scheduler: str = "cosine",
 ) -> tuple[Any, float, list[dict]]:
-    """LoRA SFT from the base model; returns (merged model, train wall seconds, log_history)."""
+    """LoRA SFT from the base model; returns (merged model, train wall seconds, log_history).
+
+    ``kind``: ``sft`` (TRL's ``SFTTrainer``), ``scale_sft`` (``ScaleSFTTrainer`` with ``scale_set``) or
+    ``scale_token`` (the same with token normalization); ``lr_scheduler``: ``cosine`` or ``constant_with_warmup``
+    (10% warm-up either way)."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -223,7 +252,7 @@ def train_sft(
         max_steps=size.sft_steps,
         per_device_train_batch_size=size.batch_size,
         learning_rate=lr,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=lr_scheduler,
         warmup_steps=max(1, size.sft_steps // 10),
         weight_decay=0.0,
         logging_steps=max(1, size.sft_steps // 12),
@@ -294,10 +323,9 @@ def score(family: str, completions: list[str], samples: list[dict], tokenizer: A
 def evaluate(
     family: str, model: Any, tokenizer: Any, samples: list[dict], size: PretrainedSize, with_ce: bool = True
 ) -> tuple[dict[str, float], list[str]]:
-    import torch
 
     prompts = [s["prompt"] for s in samples]
-    completions = generate(model, tokenizer, prompts, size.max_new_tokens, size.eval_batch_size, dtype=torch.bfloat16)
+    completions = generate(model, tokenizer, prompts, size.max_new_tokens, size.eval_batch_size, dtype=eval_dtype())
     metrics = score(family, completions, samples, tokenizer)
     if with_ce:
         rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples]
