@@ -12,13 +12,14 @@ support (other losses, context / tensor parallelism): see docs/axolotl.md.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..core import OPTION_KEYS, PREFIX, ScaleOptions, option_fields
+from ..core.keys import options_set, unknown_option_keys
+from ..core.keys import unknown_key_message as core_unknown_key_message
 
 PLUGIN_PATH = "scale_plugins.axolotl.ScalePlugin"
 
@@ -42,7 +43,6 @@ def supervised_prompt_settings(cfg: Mapping[str, Any]) -> list[str]:
     return found
 
 
-_OPTION_NAMES = tuple(opt.name for opt in option_fields())
 _NUMERIC_KEYS = tuple(PREFIX + opt.name for opt in option_fields() if opt.type in (int, float))
 
 # Config keys that replace or bypass the loss SCALe computes: with `loss: scale` each would either be
@@ -115,49 +115,17 @@ def _conflicts(data: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def _normalized(key: str) -> str:
-    return key.strip().lower().replace("-", "_")
-
-
-def _misspells_an_option(key: str) -> bool:
-    """``key`` is meant as a ``scale_*`` key: it starts with ``scale_`` in any case or with ``-``, or it is a
-    near-miss of the prefix (``scal_``, ``scale``, ``sclae_``) followed by an option name, exact or nearly so
-    (``scal_schedule``, ``scaleschedule``). Unrelated keys that merely end like an option (``lr_schedule``)
-    are not: the part before the option name must itself look like ``scale_``."""
-    norm = _normalized(key)
-    if norm.startswith(PREFIX):
-        return True
-    for cut in range(3, len(norm)):
-        head, tail = norm[:cut], norm[cut:]
-        if difflib.SequenceMatcher(None, head, PREFIX).ratio() < 0.8:
-            continue
-        if difflib.get_close_matches(tail, _OPTION_NAMES, n=1, cutoff=0.85):
-            return True
-    return False
-
-
 def unknown_scale_keys(data: Mapping[str, Any], known: Iterable[str]) -> list[str]:
-    """Keys of a raw config that are meant as SCALe options (:func:`_misspells_an_option`) but are not one, and that
-    are not a field of the schema either (``known``: the merged schema's fields, so a ``scale_*`` key of Axolotl or of
-    another plugin stays allowed)."""
-    known = set(known) | set(OPTION_KEYS)
-    return [
-        key
-        for key in data
-        if isinstance(key, str) and key not in known and data[key] is not None and _misspells_an_option(key)
-    ]
+    """Keys of a raw config that are meant as SCALe options but are not one, nor a field of the schema (``known``:
+    the merged schema's fields, so a ``scale_*`` key of Axolotl or of another plugin stays allowed); the rule is the
+    core's, the same in every host (:mod:`scale_plugins.core.keys`)."""
+    return [key for key in unknown_option_keys(data, known) if data[key] is not None]
 
 
 def unknown_key_message(key: str) -> str:
-    """``<key>: not a SCALe option; did you mean `<closest>`?`` (difflib), or the list of the options."""
-    norm = _normalized(key)
-    guess = difflib.get_close_matches(norm, OPTION_KEYS, n=1, cutoff=0.6)
-    if not guess:  # a misspelled prefix: match the part after it
-        tail = norm.split("_", 1)[-1] if "_" in norm else norm
-        guess = [PREFIX + m for m in difflib.get_close_matches(tail, _OPTION_NAMES, n=1, cutoff=0.6)]
-    hint = f"did you mean `{guess[0]}`?" if guess else f"the SCALe options are: {', '.join(OPTION_KEYS)}."
+    """The core's message for ``key`` (the closest option), and why Axolotl stops."""
     return (
-        f"{key}: not a SCALe option; {hint} Axolotl would drop this key and train with the default instead, "
+        f"{core_unknown_key_message(key)} Axolotl would drop this key and train with the default instead, "
         "so training stops here."
     )
 
@@ -204,7 +172,7 @@ class _ScaleArgsBase(BaseModel):
         unknown = unknown_scale_keys(data, cls.model_fields)
         if unknown:
             raise ValueError("\n".join(unknown_key_message(key) for key in unknown))
-        set_keys = [key for key in OPTION_KEYS if data.get(key) is not None]
+        set_keys = options_set(data)
         if data.get("loss") != "scale":
             if set_keys:
                 raise ValueError(

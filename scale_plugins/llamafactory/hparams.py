@@ -14,7 +14,6 @@ without the patch: ``use_scale_loss: true`` can never silently train plain cross
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
 from ..core import OPTION_KEYS, PREFIX, ScaleConfigError, ScaleOptions, option_fields
+from ..core.keys import unknown_key_message, unknown_option_keys
 from ..hf.fields import ScaleArguments
 
 SWITCH = "use_scale_loss"
@@ -142,16 +142,10 @@ def _config_keys(args: dict[str, Any] | list[str]) -> list[str]:
 
 
 def check_scale_keys(keys: Iterable[str], known: Iterable[str] = ()) -> None:
-    """Reject misspelled SCALe keys (``scale_*`` / ``use_scale*`` that no argument class has) in one line each,
-    naming the closest valid key. ``known``: other field names that may start with ``scale_`` (LLaMA-Factory's)."""
-    ours = [SWITCH, *OPTION_KEYS]
-    valid = set(ours) | set(known)
-    problems = []
-    for key in keys:
-        if (key.startswith(PREFIX) or key.startswith("use_scale")) and key not in valid:
-            close = difflib.get_close_matches(key, ours, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else f"the SCALe keys are {', '.join(ours)}"
-            problems.append(f"{key}: unknown SCALe key; {hint}")
+    """Reject keys meant as SCALe keys that no argument class has (misspellings, a missing ``scale_`` prefix), in
+    one line each naming the closest valid key: the core's rule, the same in every host
+    (:mod:`scale_plugins.core.keys`). ``known``: other field names that may start with ``scale_`` (LLaMA-Factory's)."""
+    problems = [unknown_key_message(key, (SWITCH,)) for key in unknown_option_keys(keys, known, (SWITCH,))]
     if problems:
         raise ScaleConfigError("; ".join(problems))
 

@@ -510,6 +510,9 @@ def test_empty_think_defaults_to_ignore_through_axolotl():
         ("sclae_answer_weight_end", 0.9, "scale_answer_weight_end"),
         ("scaleschedule", "linear", "scale_schedule"),
         ("scale__normalization", "token", "scale_normalization"),
+        # an option without its prefix: Axolotl would drop it and train with the default
+        ("answer_weight_end", 0.5, "scale_answer_weight_end"),
+        ("think_close_segment", "answer", "scale_think_close_segment"),
     ],
 )
 def test_misspelled_scale_key_is_rejected_naming_it_and_the_closest_option(key, value, meant):
@@ -528,12 +531,12 @@ def test_misspelled_scale_key_is_rejected_through_load_cfg(tiny_model_dir, data_
     with pytest.raises(Exception) as info:
         load_cfg(DictDefault(axolotl_config(tiny_model_dir, data_file, tmp_path, **keys)))
     message = str(info.value)
-    assert "scale_schedul: not a SCALe option; did you mean `scale_schedule`?" in message
-    assert "scale_answer_weight_ennd: not a SCALe option; did you mean `scale_answer_weight_end`?" in message
+    assert "scale_schedul: unknown SCALe key; did you mean `scale_schedule`?" in message
+    assert "scale_answer_weight_ennd: unknown SCALe key; did you mean `scale_answer_weight_end`?" in message
 
 
 def test_misspelled_scale_key_is_rejected_without_loss_scale_too():
-    with pytest.raises(Exception, match="scale_schedul: not a SCALe option; did you mean `scale_schedule`"):
+    with pytest.raises(Exception, match="scale_schedul: unknown SCALe key; did you mean `scale_schedule`"):
         validate(minimal(plugins=[PLUGIN], scale_schedul="linear"))
 
 

@@ -132,8 +132,8 @@ def test_cli_train_with_misspelled_scale_keys_stops_before_training(tiny_model_d
     result = axolotl_train(axolotl_config(tiny_model_dir, data, tmp_path, **keys), tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "scale_schedul: not a SCALe option; did you mean `scale_schedule`?" in output
-    assert "scale_answer_weight_ennd: not a SCALe option; did you mean `scale_answer_weight_end`?" in output
+    assert "scale_schedul: unknown SCALe key; did you mean `scale_schedule`?" in output
+    assert "scale_answer_weight_ennd: unknown SCALe key; did you mean `scale_answer_weight_end`?" in output
     assert "Starting trainer" not in output
     assert not (tmp_path / "out" / "model.safetensors").exists()
 

@@ -55,7 +55,7 @@ def test_misspelled_scale_key_is_one_line_naming_the_closest_key(tiny, tmp_path)
     result = run_cli("train", str(config), env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["scale-llamafactory: error: scale_schedul: unknown SCALe key; did you mean scale_schedule?"]
+    assert errors == ["scale-llamafactory: error: scale_schedul: unknown SCALe key; did you mean `scale_schedule`?"]
     assert "Traceback" not in result.stderr and "HfArgumentParser" not in result.stderr
     assert "distributed tasks" not in result.stdout + result.stderr
 
@@ -64,7 +64,7 @@ def test_misspelled_key_in_a_command_line_override(tiny, tmp_path):
     config = write_yaml(tmp_path / "ok.yaml", train_config(tiny, tmp_path / "out"))
     result = run_cli("train", str(config), "scale_answer_weight_ed=0.8")
     assert result.returncode == 2
-    assert "error: scale_answer_weight_ed: unknown SCALe key; did you mean scale_answer_weight_end?" in result.stderr
+    assert "error: scale_answer_weight_ed: unknown SCALe key; did you mean `scale_answer_weight_end`?" in result.stderr
     assert "Traceback" not in result.stderr
 
 

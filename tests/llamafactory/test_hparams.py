@@ -85,10 +85,15 @@ def test_scale_keys_without_the_switch_are_rejected(run_exp, tiny, tmp_path):
 @pytest.mark.parametrize(
     ("key", "message"),
     [
-        ("scale_schedul", "scale_schedul: unknown SCALe key; did you mean scale_schedule?"),
-        ("scale_answer_weight_middle", "did you mean scale_answer_weight_end?"),
-        ("use_scale_los", "use_scale_los: unknown SCALe key; did you mean use_scale_loss?"),
-        ("scale_xyz", "scale_xyz: unknown SCALe key; the SCALe keys are use_scale_loss, scale_think_open,"),
+        ("scale_schedul", "scale_schedul: unknown SCALe key; did you mean `scale_schedule`?"),
+        ("scale_answer_weight_middle", "did you mean `scale_answer_weight_end`?"),
+        ("use_scale_los", "use_scale_los: unknown SCALe key; did you mean `use_scale_loss`?"),
+        ("scale_xyz", "scale_xyz: unknown SCALe key; the SCALe keys are: use_scale_loss, scale_think_open,"),
+        (
+            "answer_weight_end",
+            "answer_weight_end: unknown SCALe key (SCALe options take the prefix `scale_`); did you mean "
+            "`scale_answer_weight_end`?",
+        ),
     ],
 )
 def test_misspelled_scale_key_names_the_closest_key(run_exp, tiny, tmp_path, key, message):
@@ -101,7 +106,7 @@ def test_misspelled_key_on_the_command_line_style_arguments(patched):
     from scale_plugins.llamafactory.hparams import preflight
 
     with pytest.raises(
-        ScaleConfigError, match="scale_normalisation: unknown SCALe key; did you mean scale_normalization"
+        ScaleConfigError, match="scale_normalisation: unknown SCALe key; did you mean `scale_normalization`"
     ):
         preflight(["--use_scale_loss", "true", "--scale_normalisation=token"])
 

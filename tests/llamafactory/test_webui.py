@@ -191,7 +191,7 @@ def test_error_popup_is_escaped_html(ui, tiny, tmp_path):
 def test_misspelled_scale_key_in_extra_arguments_is_shown(ui, tiny, tmp_path):
     engine, _ = ui
     values = {"train__extra_args": '{"max_steps": 2, "scale_scheduel": "linear"}'}
-    with pytest.raises(gr.Error, match="scale_scheduel: unknown SCALe key; did you mean scale_schedule\\?"):
+    with pytest.raises(gr.Error, match="scale_scheduel: unknown SCALe key; did you mean `scale_schedule`\\?"):
         list(engine.runner.preview_train(_form(engine, tiny, tmp_path / "out", **values)))
 
 
