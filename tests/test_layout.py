@@ -18,9 +18,10 @@ ALLOWED = {
     "data": set(),
     "rewards": set(),
     "hf": {"core"},
+    "versions": set(),  # the tested version ranges and the adapters' start-up warning: standard library only
     "testing": {"core", "hf", "data"},  # the tiny builders render the bundled data
-    **{adapter: {"core", "hf", "data", "rewards"} for adapter in ADAPTERS},
-    "tools": {"core", "hf", "data", "rewards", "testing", *ADAPTERS},
+    **{adapter: {"core", "hf", "data", "rewards", "versions"} for adapter in ADAPTERS},
+    "tools": {"core", "hf", "data", "rewards", "testing", "versions", *ADAPTERS},
     "__init__": set(),
 }
 
@@ -131,7 +132,7 @@ def test_each_layer_imports_only_the_layers_below():
     assert problems == []
 
 
-@pytest.mark.parametrize("name", sorted(n for n in modules() if layer(n) in ("core", "data", "rewards")))
+@pytest.mark.parametrize("name", sorted(n for n in modules() if layer(n) in ("core", "data", "rewards", "versions")))
 def test_the_core_imports_no_framework(name):
     assert not third_party_of(modules()[name]) & set(FRAMEWORKS), name
 

@@ -8,6 +8,7 @@ from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
 from ..core import ScaleConfigError
+from ..versions import warn_if_untested
 from .args import PLUGIN_PATH, PROMPT_FIX, scale_options_from_cfg, supervised_prompt_settings
 
 # Axolotl's log filter shows INFO records of `axolotl.*` loggers only.
@@ -37,7 +38,8 @@ def plain_role_boundaries(cfg: Any) -> int:
 class ScalePlugin(BasePlugin):
     """SCALe for Axolotl: list it under ``plugins:`` and set ``loss: scale``.
 
-    - ``register``: warns when the plugin is listed without ``loss: scale`` (SCALe is then off);
+    - ``register``: warns when the plugin is listed without ``loss: scale`` (SCALe is then off), and once when
+      Axolotl, transformers or torch is outside the tested versions (:mod:`scale_plugins.versions`);
     - ``get_input_args``: adds ``loss`` and the ``scale_*`` keys (:mod:`.args`) to the config schema;
     - ``pre_model_load``: warns when the config trains prompt tokens (``train_on_inputs``, prompt roles in
       ``roles_to_train``); passes ``role_boundaries`` on as plain dicts (:func:`plain_role_boundaries`), so the
@@ -53,6 +55,7 @@ class ScalePlugin(BasePlugin):
 
     def register(self, cfg: Any) -> None:
         # Called once per config by Axolotl's `prepare_plugins`, with the raw config, before validation.
+        warn_if_untested("axolotl", LOG.warning)  # outside the tested versions: once (scale_plugins.versions)
         if cfg.get("loss") is None:
             LOG.warning(
                 "SCALe is off: %s is listed under `plugins:` but the config has no `loss: scale`, so this run trains "

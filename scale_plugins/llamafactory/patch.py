@@ -35,6 +35,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..versions import warn_if_untested
 from .hooks import UnsupportedLlamaFactoryError, install, unpatched
 
 SUPPORTED_VERSION = "0.9.5"
@@ -141,11 +142,12 @@ def check_llamafactory(
             "(or scale-plugins[llamafactory])."
         )
     version = _installed_version()
-    if version != SUPPORTED_VERSION:
-        _logger().warning(
-            f"scale-llamafactory is tested with LLaMA-Factory {SUPPORTED_VERSION}; installed: {version}. "
-            "Every name it patches is present, continuing."
-        )
+    # outside the tested range (scale_plugins.versions): one warning, then on (every name it patches is present)
+    warn_if_untested(
+        "llamafactory",
+        lambda message: _logger().warning(message + " Every name it patches is present, continuing."),
+        installed={"llamafactory": None if version == "unknown" else version},
+    )
 
 
 def _logger() -> logging.Logger:

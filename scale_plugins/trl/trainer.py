@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -14,7 +15,10 @@ from ..core import (
     scale_loss_from_log_probs,
 )
 from ..hf import ScaleTrainerMixin
+from ..versions import warn_if_untested
 from .config import ScaleSFTConfig
+
+logger = logging.getLogger("scale_plugins")
 
 
 class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
@@ -36,6 +40,7 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
     )
 
     def __init__(self, *args: Any, **kwargs: Any):
+        warn_if_untested("trl", logger.warning)  # outside the tested versions: once (scale_plugins.versions)
         args_ = kwargs.get("args", args[1] if len(args) > 1 else None)
         if args_ is None:
             model = kwargs.get("model", args[0] if args else None)

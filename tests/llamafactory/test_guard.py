@@ -80,17 +80,28 @@ def test_apply_refuses_an_unsupported_version(monkeypatch):
     assert "training" not in patch._applied
 
 
-def test_another_version_with_every_name_warns_naming_the_tested_version(patched, monkeypatch):
-    """Not a refusal: a version that has every name the patches need runs, after a warning naming 0.9.5."""
+TESTED_WARNING = "scale-llamafactory is tested with llamafactory >=0.9.5,<0.9.6, transformers >=5.6,<5.24, torch"
+
+
+def test_another_version_with_every_name_warns_once_naming_the_tested_range(patched, monkeypatch):
+    """Not a refusal: a version that has every name the patches need runs, after one warning naming the tested range
+    (scale_plugins.versions); the version checked is the one LLaMA-Factory reports."""
+    from scale_plugins import versions
     from scale_plugins.llamafactory import patch
 
+    monkeypatch.setattr(versions, "_warned", set())
+    monkeypatch.setenv(versions.WARNED_ENV, "")  # the warning sets it: monkeypatch removes it again afterwards
+    monkeypatch.delenv("RANK", raising=False)
     warnings = []
-    monkeypatch.setattr(patch, "_installed_version", lambda: "0.9.6")
     monkeypatch.setattr(patch, "_logger", lambda: SimpleNamespace(warning=warnings.append))
     check_llamafactory(_TRAINING_NAMES, _TRAINING_USES)
+    assert warnings == []  # 0.9.5: quiet
+    monkeypatch.setattr(patch, "_installed_version", lambda: "0.9.6")
+    check_llamafactory(_TRAINING_NAMES, _TRAINING_USES)
     check_llamafactory(_WEBUI_NAMES, _WEBUI_USES)
-    assert len(warnings) == 2
-    assert warnings[0].startswith("scale-llamafactory is tested with LLaMA-Factory 0.9.5; installed: 0.9.6.")
+    [warning] = warnings
+    assert warning.startswith(TESTED_WARNING) and "installed: llamafactory 0.9.6," in warning
+    assert warning.endswith("Every name it patches is present, continuing.")
 
 
 def test_another_version_runs_the_command_after_the_warning(tiny, tmp_path):
@@ -106,16 +117,19 @@ def test_another_version_runs_the_command_after_the_warning(tiny, tmp_path):
         [sys.executable, "-c", code, "train", str(config)], env=env, capture_output=True, text=True, check=False
     )
     output = result.stdout + result.stderr
-    assert "scale-llamafactory is tested with LLaMA-Factory 0.9.5; installed: 0.9.6" in output
+    assert output.count(TESTED_WARNING) == 1 and "installed: llamafactory 0.9.6," in output
     assert result.returncode == 2 and "error: scale_schedule: 'cosin' is not allowed" in result.stderr
 
 
 def test_readme_and_docs_describe_the_guard_as_it_behaves():
     root = Path(__file__).resolve().parents[2]
-    row = next(line for line in (root / "README.md").read_text().splitlines() if line.startswith("| LLaMA-Factory |"))
-    assert "warning naming 0.9.5" in row and "error listing what is missing" in row and "refuses" not in row
+    readme = (root / "README.md").read_text()
+    supported = readme[readme.index("## Supported versions") :]
+    row = next(line for line in supported.splitlines() if line.startswith("| LLaMA-Factory |"))
+    assert "a warning naming the tested range" in row and "error listing what is missing" in row
+    assert "refuses" not in row
     docs = " ".join((root / "docs" / "llamafactory.md").read_text().split())
-    assert "Another version that has all of them runs, after a warning: `scale-llamafactory is tested with" in docs
+    assert "Another version that has all of them runs, after one warning: `scale-llamafactory is tested with" in docs
     assert "Running another version is not supported" not in docs
 
 
