@@ -59,7 +59,9 @@ def run_demo(
     import transformers
 
     from ..data import load_bundled
-    from ..testing import bpe_tokenizer, cpu_training_args, tiny_causal_lm
+    from ..hf.args import cpu_training_args
+    from ..hf.offline_tokenizers import bpe_tokenizer
+    from ..hf.tiny_model import tiny_causal_lm
     from ..trl import ScaleSFTConfig, ScaleSFTTrainer
 
     options = options or ScaleOptions()

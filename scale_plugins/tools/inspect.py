@@ -21,7 +21,7 @@ RESET = "\033[0m"
 
 def _load_tokenizer(name: str) -> Any:
     if name in ("builtin:qwen3", "builtin:qwen2.5"):
-        from ..testing import qwen_tokenizer
+        from ..hf.offline_tokenizers import qwen_tokenizer
 
         return qwen_tokenizer(qwen3_specials=name == "builtin:qwen3")
     from transformers import AutoTokenizer

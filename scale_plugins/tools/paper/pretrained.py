@@ -185,7 +185,7 @@ def base_checkpoint() -> Path:
 
 
 def _training_args(out: Path, seed: int) -> dict[str, Any]:
-    from ...testing import cpu_training_args
+    from ...hf.args import cpu_training_args
 
     # bf16 autocast where it is fast (a CUDA GPU, a CPU with native bf16); LoRA weights and optimizer state stay float32
     args = {**cpu_training_args(out, seed), "bf16": bf16_is_fast(), "disable_tqdm": True}

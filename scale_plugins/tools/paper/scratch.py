@@ -228,7 +228,9 @@ def train_sft(
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from ...testing import bpe_tokenizer, cpu_training_args, tiny_causal_lm
+    from ...hf.args import cpu_training_args
+    from ...hf.offline_tokenizers import bpe_tokenizer
+    from ...hf.tiny_model import tiny_causal_lm
     from ...trl import ScaleSFTConfig, ScaleSFTTrainer
 
     tokenizer = bpe_tokenizer()
@@ -262,7 +264,8 @@ def train_grpo(
     """GRPO from an SFT checkpoint with format_reward + accuracy_reward; returns (model, wall seconds, log_history)."""
     from transformers import AutoModelForCausalLM
 
-    from ...testing import bpe_tokenizer, cpu_training_args
+    from ...hf.args import cpu_training_args
+    from ...hf.offline_tokenizers import bpe_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
     rows = [{"prompt": s["messages"][:1], "solution": s["solution"]} for s in train]
@@ -280,7 +283,7 @@ def run_seed(
     seed: int, size: Size, arms: tuple[str, ...], out: Path, scale_set: dict[str, Any], train, held_out
 ) -> list[dict[str, Any]]:
     """All requested arms for one seed; each arm's record has its metrics, times and log history."""
-    from ...testing import bpe_tokenizer
+    from ...hf.offline_tokenizers import bpe_tokenizer
 
     tokenizer = bpe_tokenizer()
     records = []
@@ -337,7 +340,7 @@ def checkpoint_segment_ce(output_dir: str | Path, size_name: str = "default") ->
     """
     from transformers import AutoModelForCausalLM
 
-    from ...testing import bpe_tokenizer
+    from ...hf.offline_tokenizers import bpe_tokenizer
 
     size = SIZES[size_name]
     _, held_out = task_splits(size.task, size.n_train, size.n_eval)
@@ -480,7 +483,8 @@ def run(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     train, held_out = task_splits(size.task, size.n_train, size.n_eval)
-    from ...testing import bpe_tokenizer, tiny_causal_lm
+    from ...hf.offline_tokenizers import bpe_tokenizer
+    from ...hf.tiny_model import tiny_causal_lm
 
     n_params = sum(p.numel() for p in tiny_causal_lm(bpe_tokenizer(), size.hidden_size, size.num_layers).parameters())
     print(
