@@ -13,7 +13,11 @@ the small harness below (``tests/trl/test_contract.py``, ``tests/axolotl/test_co
 - two processes == one process, for both normalizations, under DDP and the shipped DeepSpeed ZeRO-2 / ZeRO-3 /
   ZeRO-3-offload configs (``recipes/deepspeed``) where the host supports them: 2 ranks x micro-batch 2 x 2
   accumulation steps train exactly what 1 process x 8 does (CPU: gloo, DeepSpeed's CPU accelerator). The harness
-  launches the workers (:meth:`ScaleContract.run_distributed`).
+  launches the workers (:meth:`ScaleContract.run_distributed`);
+- two nodes == one process (``zero3_2nodes``): the same runs under ZeRO-3 on two nodes of one process each, started
+  as multi-node training is started, one launcher per node (``--nnodes 2``, node ranks 0 and 1, rendezvous on
+  127.0.0.1; :func:`run_nodes`): each node's only process has local rank 0, so whatever reads the local rank where
+  it means the global one shows up here.
 
 Every comparison has a counterpart that shows it can fail: the default SCALe loss differs from the stock loss,
 sample normalization from token normalization, and the resumed steps' weights change from step to step.
@@ -27,6 +31,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,15 +62,84 @@ class Run:
     resume: tuple[str, int] | None = None  # (name of an earlier run, step): resume from that run's checkpoint
 
 
-DISTRIBUTED = ("ddp", "zero2", "zero3", "zero3_offload")
-"""Two-process modes: plain DDP, and the DeepSpeed configs of ``recipes/deepspeed`` of these names."""
+TWO_NODES = "zero3_2nodes"
+"""ZeRO-3 on two nodes of one process each: two launches, node ranks 0 and 1 (:func:`run_nodes`)."""
+
+DISTRIBUTED = ("ddp", "zero2", "zero3", "zero3_offload", TWO_NODES)
+"""Two-process modes: plain DDP, the DeepSpeed configs of ``recipes/deepspeed`` of these names (one node, two
+processes), and :data:`TWO_NODES`."""
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "deepspeed"
 
 
 def deepspeed_config(mode: str) -> Path | None:
     """The shipped DeepSpeed config of a :data:`DISTRIBUTED` mode (None: plain DDP)."""
-    return None if mode == "ddp" else RECIPES / f"{mode}.json"
+    return None if mode == "ddp" else RECIPES / f"{mode.removesuffix('_2nodes')}.json"
+
+
+def nodes(mode: str) -> int:
+    """How many nodes (launcher processes) a :data:`DISTRIBUTED` mode runs on; 2 processes in all either way."""
+    return 2 if mode == TWO_NODES else 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_node_args(node_rank: int, master_port: int, nnodes: int = 2) -> list[str]:
+    """torchrun's options for node ``node_rank`` of a multi-node launch of one process per node (static rendezvous at
+    ``127.0.0.1:master_port``, as ``--master_addr $MASTER_ADDR`` on a cluster)."""
+    return [
+        "--nnodes",
+        str(nnodes),
+        "--node_rank",
+        str(node_rank),
+        "--nproc_per_node",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(master_port),
+    ]
+
+
+def run_nodes(
+    launch: Callable[[int, int], tuple[list[str], dict[str, str]]], cwd: Path, timeout: float, nnodes: int = 2
+) -> list[str]:
+    """Start one launcher per node, as on a cluster: ``launch(node_rank, master_port)`` gives node ``node_rank``'s
+    command and environment; all of them run at once and rendezvous on 127.0.0.1. Returns each node's output
+    (stdout and stderr); asserts that every node exited 0. A node that fails stops the others (they would wait for it
+    in the rendezvous until ``timeout``)."""
+    port = free_port()
+    procs, logs = [], []
+    for rank in range(nnodes):
+        command, env = launch(rank, port)
+        log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall a node
+        procs.append(subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True))
+        logs.append(log)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            codes = [p.poll() for p in procs]  # every node, every time: a failed one must not hide behind a running one
+            if None not in codes or any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    codes = [p.returncode for p in procs]
+    report = "\n".join(f"--- node {r} (exit {c}) ---\n{o[-4000:]}" for r, (c, o) in enumerate(zip(codes, outputs)))
+    assert codes == [0] * nnodes, report
+    return outputs
 
 
 def distributed_runs() -> dict[str, Run]:
@@ -151,8 +229,10 @@ class ScaleContract:
         raise NotImplementedError
 
     def run_distributed(self, runs: dict[str, Run], mode: str, workdir: Path) -> dict[str, RunResult]:
-        """Train every run on 2 processes (gloo on CPU) under ``mode`` (:func:`deepspeed_config`). The harness
-        also asserts that no rank fell back to the ``[B, T, V]`` logits (``scale/logits_path``)."""
+        """Train every run on 2 processes (gloo on CPU) under ``mode`` (:func:`deepspeed_config`): on one node, or on
+        :func:`nodes` nodes of one process each, one launcher per node started through :func:`run_nodes` with the
+        host's documented multi-node launch. The harness also asserts that no rank fell back to the ``[B, T, V]``
+        logits (``scale/logits_path``)."""
         raise NotImplementedError
 
     # -- the runs ---------------------------------------------------------------------------------------

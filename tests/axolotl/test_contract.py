@@ -12,7 +12,17 @@ from typing import Any
 
 import pytest
 
-from ..contract import DISTRIBUTED, SAMPLES, Run, RunResult, ScaleContract, deepspeed_config
+from ..contract import (
+    DISTRIBUTED,
+    SAMPLES,
+    Run,
+    RunResult,
+    ScaleContract,
+    deepspeed_config,
+    nodes,
+    run_nodes,
+    torchrun_node_args,
+)
 from .conftest import PYTHON, axolotl_config, cot_samples, run_ok, scale_keys, subprocess_env, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -70,8 +80,9 @@ class TestAxolotlContract(ScaleContract):
         return results
 
     def run_distributed(self, runs: dict[str, Run], mode: str, workdir: Path) -> dict[str, RunResult]:
-        """``torchrun --nproc_per_node 2 run_axolotl.py --cpu-distributed``: the configs of :meth:`config` with the
-        shipped DeepSpeed config as Axolotl's ``deepspeed`` key (plain DDP without one)."""
+        """``torchrun --nproc_per_node 2 run_axolotl.py --cpu-distributed`` (two nodes: one ``torchrun --nnodes 2
+        --node_rank N --nproc_per_node 1`` each): the configs of :meth:`config` with the shipped DeepSpeed config as
+        Axolotl's ``deepspeed`` key (plain DDP without one)."""
         from safetensors.torch import load_file
 
         ds = deepspeed_config(mode)
@@ -84,8 +95,17 @@ class TestAxolotlContract(ScaleContract):
             config = self.config(run, workdir / name, {"deepspeed": json.loads(ds.read_text())} if ds else None)
             spec, out = workdir / f"{name}.json", workdir / f"{name}.results.json"
             spec.write_text(json.dumps({name: config}))
-            command = [torchrun, "--nproc_per_node", "2", str(RUN_AXOLOTL), str(spec), str(out), "--cpu-distributed"]
-            output = run_ok(command, workdir, 900, env=env)
+            script = [str(RUN_AXOLOTL), str(spec), str(out), "--cpu-distributed"]
+            if nodes(mode) > 1:
+                # as on a cluster: one torchrun per node (docs/axolotl.md, Multi-node)
+                outputs = run_nodes(
+                    lambda rank, port, script=script: ([torchrun, *torchrun_node_args(rank, port), *script], env),
+                    workdir,
+                    900,
+                )
+                output = "\n".join(outputs)
+            else:
+                output = run_ok([torchrun, "--nproc_per_node", "2", *script], workdir, 900, env=env)
             # the loss came from SCALe's fused head, never from the [B, T, V] logits: the fallback is neither logged
             # nor counted (`scale/logits_path`)
             assert "logits_path" not in output, output[-3000:]

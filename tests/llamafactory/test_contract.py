@@ -5,14 +5,26 @@ process, against LLaMA-Factory's stock SFT (``use_scale_loss`` off). Packing is 
 from __future__ import annotations
 
 import gc
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from transformers import TrainerCallback
 
-from ..contract import DISTRIBUTED, SAMPLES, Run, RunResult, ScaleContract, deepspeed_config, step_recorder
-from .helpers import run_cli, step_logs, train_config, train_in_process, write_yaml
+from ..contract import (
+    DISTRIBUTED,
+    SAMPLES,
+    Run,
+    RunResult,
+    ScaleContract,
+    deepspeed_config,
+    nodes,
+    run_nodes,
+    step_recorder,
+)
+from .helpers import CLI, run_cli, step_logs, train_config, train_in_process, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +72,8 @@ class TestLlamaFactoryContract(ScaleContract):
 
     def run_distributed(self, runs: dict[str, Run], mode: str, workdir: Path) -> dict[str, RunResult]:
         """``scale-llamafactory train`` with ``FORCE_TORCHRUN=1 NPROC_PER_NODE=2`` (LLaMA-Factory re-executes itself
-        under torchrun), the shipped DeepSpeed config as ``deepspeed``; one launch per run."""
+        under torchrun), the shipped DeepSpeed config as ``deepspeed``; one launch per run. Two nodes: the same command
+        twice, with ``NNODES=2 NODE_RANK=0/1 NPROC_PER_NODE=1 MASTER_ADDR MASTER_PORT``, as LLaMA-Factory documents."""
         from safetensors.torch import load_file
 
         ds = deepspeed_config(mode)
@@ -68,12 +81,14 @@ class TestLlamaFactoryContract(ScaleContract):
         for name, run in runs.items():
             out = workdir / name
             config = write_yaml(workdir / f"{name}.yaml", self.config(run, out, {"deepspeed": str(ds)} if ds else None))
-            env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
-            result = run_cli(
-                "train", str(config), env={**env, **({"DS_ACCELERATOR": "cpu"} if ds else {})}, timeout=600
-            )
-            output = result.stdout + result.stderr
-            assert result.returncode == 0, output[-3000:]
+            env = {"FORCE_TORCHRUN": "1", "OMP_NUM_THREADS": "1", **({"DS_ACCELERATOR": "cpu"} if ds else {})}
+            if nodes(mode) > 1:
+                # as on a cluster (docs/llamafactory.md, Multi-node): the same command on each node, told its rank
+                output = "\n".join(run_nodes(_node_launch(config, env), workdir, 600))
+            else:
+                result = run_cli("train", str(config), env={**env, "NPROC_PER_NODE": "2"}, timeout=600)
+                output = result.stdout + result.stderr
+                assert result.returncode == 0, output[-3000:]
             for rank in (0, 1):
                 assert f"SCALe loss active on rank {rank} of 2 (ScaleSeq2SeqTrainer)" in output
             # the loss came from SCALe's fused head, never from the [B, T, V] logits: the fallback is neither logged
@@ -88,6 +103,17 @@ class TestLlamaFactoryContract(ScaleContract):
         from llamafactory.train.tuner import get_train_args  # patched: SCALe's checks included
 
         get_train_args(self.config(Run(), workdir, host_config))
+
+
+def _node_launch(config: Path, env: dict[str, str]) -> Callable[[int, int], tuple[list[str], dict[str, str]]]:
+    """Node ``rank``'s ``scale-llamafactory train config``: LLaMA-Factory's multi-node variables, one process per node."""
+
+    def launch(rank: int, port: int) -> tuple[list[str], dict[str, str]]:
+        nodes_env = {"NNODES": "2", "NODE_RANK": str(rank), "NPROC_PER_NODE": "1"}
+        nodes_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        return [CLI, "train", str(config)], {**os.environ, "LLAMAFACTORY_VERBOSITY": "INFO", **env, **nodes_env}
+
+    return launch
 
 
 class _Rows(TrainerCallback):

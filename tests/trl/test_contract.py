@@ -19,19 +19,24 @@ from trl import SFTConfig, SFTTrainer
 from scale_plugins.core import PREFIX
 from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
 
-from ..contract import DISTRIBUTED, EQUAL, SAMPLES, Run, RunResult, ScaleContract, deepspeed_config, step_recorder
+from ..contract import (
+    DISTRIBUTED,
+    EQUAL,
+    SAMPLES,
+    Run,
+    RunResult,
+    ScaleContract,
+    deepspeed_config,
+    free_port,
+    nodes,
+    run_nodes,
+    step_recorder,
+    torchrun_node_args,
+)
 from . import helpers
 
 pytestmark = pytest.mark.slow
 DIST_TRAIN = Path(__file__).with_name("dist_train.py")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @functools.cache
@@ -116,16 +121,8 @@ class TestTRLContract(ScaleContract):
             )
         )
         config = deepspeed_config(mode)
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-        ]
-        cmd += [str(DIST_TRAIN), str(spec), str(workdir)] + (["--deepspeed", str(config)] if config else [])
+        script = [str(DIST_TRAIN), str(spec), str(workdir)] + (["--deepspeed", str(config)] if config else [])
+        torchrun = [sys.executable, "-m", "torch.distributed.run"]
         env = {
             **os.environ,
             "OMP_NUM_THREADS": "1",
@@ -134,9 +131,17 @@ class TestTRLContract(ScaleContract):
             "TORCH_EXTENSIONS_DIR": str(Path(sys.prefix) / "torch_extensions"),
             **({"DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"} if config else {}),
         }
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=DIST_TRAIN.parents[2])
-        output = proc.stdout + proc.stderr
-        assert proc.returncode == 0, output[-6000:]
+        if nodes(mode) > 1:
+            # as on a cluster: one torchrun per node, `--nnodes 2 --node_rank N --master_addr ... --master_port ...`
+            outputs = run_nodes(
+                lambda rank, port: (torchrun + torchrun_node_args(rank, port) + script, env), DIST_TRAIN.parents[2], 900
+            )
+            output = "\n".join(outputs)
+        else:
+            cmd = torchrun + ["--nproc_per_node", "2", "--master_port", str(free_port())] + script
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=DIST_TRAIN.parents[2])
+            output = proc.stdout + proc.stderr
+            assert proc.returncode == 0, output[-6000:]
         # no rank fell back to the [B, T, V] logits: the fallback is logged with its counter's name
         assert "logits_path" not in output, output[-3000:]
         results = {}
