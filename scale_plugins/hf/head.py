@@ -30,13 +30,20 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
-from ..core import TokenWeights, fused_linear_weighted_ce, prediction_stats, scale_loss_from_logits, shift_targets
+from ..core import (
+    FusedLinearCE,
+    TokenWeights,
+    fused_linear_weighted_ce,
+    prediction_stats,
+    scale_loss_from_logits,
+    shift_targets,
+)
 
-__all__ = ["HeadLoss", "FALLBACK_NAME", "fused_head_unsupported", "per_token_loss"]
+__all__ = ["HeadLoss", "FALLBACK_NAME", "FusedHeadUnsupported", "fused_head_unsupported", "per_token_loss"]
 
 #: the fallback counter: ``scale/logits_path`` counts training micro-batches whose loss needed the full logits
 FALLBACK_NAME = "logits_path"
@@ -101,11 +108,12 @@ def unwrap(model: Any) -> Any:
 
 
 def _forward_source(base: Any) -> str | None:
-    return _class_forward_source(type(base))
+    cls: Any = type(base)
+    return _class_forward_source(cls)
 
 
 @functools.cache
-def _class_forward_source(cls: type) -> str | None:
+def _class_forward_source(cls: Any) -> str | None:
     """Read once per model class: reading source is file I/O, and this runs on every training step."""
     try:
         return inspect.getsource(cls.forward)
@@ -113,10 +121,23 @@ def _class_forward_source(cls: type) -> str | None:
         return None
 
 
-def _post_processing(base: Any, source: str) -> tuple[dict[str, float], list[tuple[Any, str, Any]]]:
+class FusedHeadUnsupported(Exception):
+    """The fused head cannot compute this model's loss; the message says why (the logits path is used instead)."""
+
+
+class _PostKwargs(TypedDict, total=False):
+    """The keyword arguments of :func:`~scale_plugins.core.fused_linear_weighted_ce` for the processing after the
+    head."""
+
+    softcap: float
+    logit_multiplier: float
+    logit_divisor: float
+
+
+def _post_processing(base: Any, source: str) -> tuple[_PostKwargs, list[tuple[Any, str, Any]]]:
     """Keyword arguments of the fused function for the model's processing after the head, and the
     ``(object, attribute, neutral value)`` that switch it off in the model's forward."""
-    kwargs: dict[str, float] = {}
+    kwargs: _PostKwargs = {}
     neutral: list[tuple[Any, str, Any]] = []
     for pattern, holder, attr, kind in _POST_PROCESSING:
         if not re.search(pattern, source):
@@ -125,46 +146,69 @@ def _post_processing(base: Any, source: str) -> tuple[dict[str, float], list[tup
         value = getattr(obj, attr, None)
         if value is None or isinstance(value, torch.Tensor):
             if isinstance(value, torch.Tensor):
-                raise _Unsupported(f"{type(base).__name__}.{attr} is a tensor (a learned scale)")
+                raise FusedHeadUnsupported(f"{type(base).__name__}.{attr} is a tensor (a learned scale)")
             continue
         value = float(value)
         if kind != "softcap" and value == 1.0:
             continue
         key = {"softcap": "softcap", "multiplier": "logit_multiplier", "divisor": "logit_divisor"}[kind]
         if key in kwargs:
-            raise _Unsupported(f"{type(base).__name__} applies two {kind}s after the head")
-        kwargs[key] = value
+            raise FusedHeadUnsupported(f"{type(base).__name__} applies two {kind}s after the head")
+        if key == "softcap":
+            kwargs["softcap"] = value
+        elif key == "logit_multiplier":
+            kwargs["logit_multiplier"] = value
+        else:
+            kwargs["logit_divisor"] = value
         neutral.append((obj, attr, _NEUTRAL[kind]))
     if "logit_multiplier" in kwargs and "logit_divisor" in kwargs:
-        raise _Unsupported(f"{type(base).__name__} both multiplies and divides the logits")
+        raise FusedHeadUnsupported(f"{type(base).__name__} both multiplies and divides the logits")
     return kwargs, neutral
 
 
-class _Unsupported(Exception):
-    pass
+@dataclass
+class _FusedPlan:
+    """What the fused path needs of a model it can use: the unwrapped model, its head, the head's post-processing
+    arguments and the attributes that switch that processing off in the model's forward."""
+
+    base: Any
+    head: torch.nn.Linear
+    post: _PostKwargs
+    neutral: list[tuple[Any, str, Any]]
+
+
+def _fused_plan(model: Any) -> _FusedPlan:
+    """How to run ``model`` with the fused head; raises :class:`FusedHeadUnsupported` (with the reason) where the
+    fused head cannot be used."""
+    base = unwrap(model)
+    cached = getattr(base, _UNSUPPORTED_ATTR, None)
+    if cached:
+        raise FusedHeadUnsupported(str(cached))
+    get = getattr(base, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None:
+        raise FusedHeadUnsupported(f"{type(base).__name__} has no output embeddings (get_output_embeddings() is None)")
+    if type(head) is not torch.nn.Linear:
+        kind = f"{type(head).__module__}.{type(head).__qualname__}"
+        raise FusedHeadUnsupported(
+            f"the LM head is {kind}, not a plain torch.nn.Linear (e.g. a LoRA adapter or modules_to_save on lm_head)"
+        )
+    source = _forward_source(base)
+    if source is None:
+        raise FusedHeadUnsupported(f"the source of {type(base).__name__}.forward cannot be read")
+    if _UNSUPPORTED_SOURCE.search(source):
+        raise FusedHeadUnsupported(
+            f"{type(base).__name__}.forward post-processes the logits in a way the fused head does not reproduce"
+        )
+    post, neutral = _post_processing(base, source)
+    return _FusedPlan(base, head, post, neutral)
 
 
 def fused_head_unsupported(model: Any) -> str | None:
     """Why the fused head cannot be used with ``model`` (None: it can)."""
-    base = unwrap(model)
-    cached = getattr(base, _UNSUPPORTED_ATTR, None)
-    if cached:
-        return cached
-    get = getattr(base, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    if head is None:
-        return f"{type(base).__name__} has no output embeddings (get_output_embeddings() is None)"
-    if type(head) is not torch.nn.Linear:
-        kind = f"{type(head).__module__}.{type(head).__qualname__}"
-        return f"the LM head is {kind}, not a plain torch.nn.Linear (e.g. a LoRA adapter or modules_to_save on lm_head)"
-    source = _forward_source(base)
-    if source is None:
-        return f"the source of {type(base).__name__}.forward cannot be read"
-    if _UNSUPPORTED_SOURCE.search(source):
-        return f"{type(base).__name__}.forward post-processes the logits in a way the fused head does not reproduce"
     try:
-        _post_processing(base, source)
-    except _Unsupported as err:
+        _fused_plan(model)
+    except FusedHeadUnsupported as err:
         return str(err)
     return None
 
@@ -182,14 +226,12 @@ def _logits_path(
 
 def _fused_path(
     model: Any, inputs: dict[str, Any], targets: torch.Tensor, weights: TokenWeights, ignore_index: int, stats: bool
-) -> HeadLoss | str:
-    base = unwrap(model)
-    head = base.get_output_embeddings()
-    try:
-        post, neutral = _post_processing(base, _forward_source(base) or "")
-    except _Unsupported as err:
-        return str(err)
-    state: dict[str, Any] = {}
+) -> HeadLoss:
+    """The loss from inside the LM head; raises :class:`FusedHeadUnsupported` where the model does not allow it
+    (found before the forward, or from what the forward returned: then the model is marked, not tried again)."""
+    plan = _fused_plan(model)
+    base, head, post, neutral = plan.base, plan.head, plan.post, plan.neutral
+    state: dict[str, FusedLinearCE] = {}
 
     def fused_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if "result" in state:
@@ -239,7 +281,7 @@ def _fused_path(
     ):
         reason = f"{type(base).__name__}.forward changes the LM head's output in a way the fused head does not know"
         setattr(base, _UNSUPPORTED_ATTR, reason)
-        return reason
+        raise FusedHeadUnsupported(reason)
     outputs["logits"] = None
     ce = result.ce.view(targets.shape)
     return HeadLoss(carrier.reshape(()), ce, outputs, True, result.count, result.entropy_sum, result.correct)
@@ -272,12 +314,9 @@ def per_token_loss(
     else:
         raise ValueError("SCALe needs `labels` (or `shift_labels`) in the batch")
     if fused:
-        reason = fused_head_unsupported(model)
-        if reason is None:
-            result = _fused_path(model, inputs, targets, weights, ignore_index, stats)
-            if isinstance(result, HeadLoss):
-                return result
-            reason = result
-        if on_fallback is not None:
-            on_fallback(FALLBACK_NAME, f"the loss is computed from the full [B, T, V] logits: {reason}")
+        try:
+            return _fused_path(model, inputs, targets, weights, ignore_index, stats)
+        except FusedHeadUnsupported as reason:
+            if on_fallback is not None:
+                on_fallback(FALLBACK_NAME, f"the loss is computed from the full [B, T, V] logits: {reason}")
     return _logits_path(model, inputs, targets, weights, ignore_index, stats)

@@ -94,6 +94,9 @@ QWEN3_EXTRA_TOKENS: tuple[tuple[str, bool], ...] = (
 class _QwenTikTokenConverter(TikTokenConverter):
     """``TikTokenConverter`` that reads the ranks file directly (tiktoken's loader also writes a cache copy)."""
 
+    def __init__(self, vocab_file: str, pattern: str) -> None:
+        TikTokenConverter.__init__(self, vocab_file, pattern=pattern)
+
     @staticmethod
     def load_tiktoken_bpe(tiktoken_url: str) -> dict[bytes, int]:
         data = Path(tiktoken_url).read_bytes()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 __all__ = ["GGUF_NAME", "gguf_path", "load_smollm2"]
 
@@ -62,7 +63,7 @@ def load_smollm2(dest_dir: str | Path | None = None) -> Path:
 
     src = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
     # dequantized already; drop the GGUF flags so it can be saved and trained like any checkpoint
     model.hf_quantizer = None
     model.is_quantized = False

@@ -3,6 +3,8 @@ on CPU in seconds. ``scale_plugins.testing`` re-exports :func:`tiny_causal_lm`."
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
@@ -22,6 +24,7 @@ def tiny_causal_lm(
     if hidden_size % 8:
         raise ValueError(f"hidden_size must be a multiple of 8, got {hidden_size}")
     vocab_size = -(-len(tokenizer) // 64) * 64
+    head_dim: dict[str, Any] = {"head_dim": hidden_size // 4}  # a Qwen2Config field older signatures do not declare
     config = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -29,7 +32,7 @@ def tiny_causal_lm(
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=hidden_size // 4,
+        **head_dim,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
         attention_dropout=0.0,
@@ -42,7 +45,7 @@ def tiny_causal_lm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
-    model = model.to(torch.float32)
+    torch.nn.Module.to(model, torch.float32)  # in place; nothing of PreTrainedModel.to's quantization checks applies
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -9,16 +9,23 @@
   and data parallelism;
 - ``compute_loss`` gets per-token weights from the core and the per-token CE from the
   host's cheapest path (``scale_per_token_loss``, overridable), and returns a loss that
-  needs no further division by accumulation steps (``loss_is_scaled_for_ga``);
+  needs no further division by accumulation steps (``loss_is_scaled_for_ga``): the training loss
+  (:meth:`~ScaleTrainerMixin.scale_training_loss`) or the evaluation loss
+  (:meth:`~ScaleTrainerMixin.scale_evaluation_loss`);
 - ``log`` adds the components: ``scale/<segment>_loss``, ``scale/<segment>_weight``,
   ``scale/<segment>_tokens`` and the fallback counters.
+
+What the mixin needs from the trainer it is put in front of is :class:`ScaleTrainerHost` (a ``Protocol``; the
+type checker reads the mixin's ``self`` and its ``super()`` calls as that host).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import transformers
@@ -37,6 +44,7 @@ from ..core import (
     shift_targets,
     token_weights,
 )
+from .head import HeadLoss, per_token_loss
 
 logger = logging.getLogger("scale_plugins")
 
@@ -47,9 +55,66 @@ class ScaleDataError(RuntimeError):
     """The data cannot give a meaningful SCALe loss under the chosen policy."""
 
 
+class _Accelerator(Protocol):
+    @property
+    def num_processes(self) -> int: ...
+
+
+class ScaleTrainerHost(Protocol):
+    """What :class:`ScaleTrainerMixin` needs from the trainer it is put in front of: a ``transformers.Trainer``
+    (TRL's SFTTrainer, AxolotlTrainer, LLaMA-Factory's CustomSeq2SeqTrainer) has all of it. Optional host
+    features (``parallelism_config``, a model's ``tp_size``) are read with ``getattr``."""
+
+    @property
+    def args(self) -> transformers.TrainingArguments: ...
+
+    @property
+    def state(self) -> transformers.TrainerState: ...
+
+    @property
+    def accelerator(self) -> _Accelerator: ...
+
+    @property
+    def model(self) -> torch.nn.Module | None: ...
+
+    #: older transformers (no ``loss_is_scaled_for_ga``): set so the loss is not divided by the accumulation steps
+    model_accepts_loss_kwargs: bool
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator[dict[str, Any]], num_batches: int, device: torch.device
+    ) -> tuple[list[dict[str, Any]], Any]:
+        """The micro-batches of one optimizer step and the host's item count."""
+        ...
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Record ``logs`` (the host's loggers and log history)."""
+        ...
+
+
+if TYPE_CHECKING:
+    # The type checker sees the mixin as a subclass of its host; at run time its base is `object` and the host
+    # trainer follows it in the method resolution order (so `super()` reaches the host's methods).
+    _Host = ScaleTrainerHost
+
+    def _trainer_is_a_host(trainer: transformers.Trainer) -> ScaleTrainerHost:
+        return trainer  # the type checker holds transformers.Trainer to the protocol (make lint)
+
+else:
+    _Host = object
+
+
 def _text_tokenizer(processing_class: Any) -> Any:
     """Processors (VLMs) wrap a tokenizer; the tagger needs the tokenizer itself."""
     return getattr(processing_class, "tokenizer", processing_class)
+
+
+def _all_reduce_sum(buf: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``buf`` (float64, CPU) summed over the data-parallel ranks (itself in a single process), on the CPU."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        buf = buf.to(device)
+        torch.distributed.all_reduce(buf)
+        buf = buf.cpu()
+    return buf
 
 
 class _ComponentLog:
@@ -65,11 +130,9 @@ class _ComponentLog:
         self.units = 0.0  # optimizer steps (train) or batches (eval) the sums cover
 
     def reduced(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
-        buf = torch.cat([self.loss, self.tokens, torch.tensor([self.units], dtype=torch.float64)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            buf = buf.to(device)
-            torch.distributed.all_reduce(buf)
-            buf = buf.cpu()
+        buf = _all_reduce_sum(
+            torch.cat([self.loss, self.tokens, torch.tensor([self.units], dtype=torch.float64)]), device
+        )
         n = self.num_segments
         return buf[:n], buf[n : 2 * n], float(buf[-1])
 
@@ -96,10 +159,7 @@ class _EvalLog:
 
     def reduced(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
         buf = torch.cat([self.sums.reshape(-1), self.ce, torch.tensor([self.batches], dtype=torch.float64)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            buf = buf.to(device)
-            torch.distributed.all_reduce(buf)
-            buf = buf.cpu()
+        buf = _all_reduce_sum(buf, device)
         n = self.num_segments * 4
         return buf[:n].view(self.num_segments, 4), buf[n : n + 2], float(buf[-1])
 
@@ -125,13 +185,25 @@ def samples_supervised_from_start(segments: SegmentBatch) -> int:
 
 def _router_aux_loss_coef(model: Any) -> float:
     """The MoE load-balancing coefficient the model's own forward would use (text config for VLM wrappers)."""
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return float(getattr(text_config, "router_aux_loss_coef", 0.0) or 0.0)
 
 
-class ScaleTrainerMixin:
-    """Routes a transformers Trainer's loss through the SCALe core. Call :meth:`scale_setup` in ``__init__``."""
+@dataclass
+class _Forward:
+    """One micro-batch through the model: its segments, weights, SCALe loss (float32), per-token CE and outputs."""
+
+    segments: SegmentBatch
+    weights: TokenWeights
+    loss: torch.Tensor
+    ce: torch.Tensor
+    outputs: Any
+
+
+class ScaleTrainerMixin(_Host):
+    """Routes a transformers Trainer's loss through the SCALe core. Call :meth:`scale_setup` in ``__init__``.
+    Its host is a :class:`ScaleTrainerHost`."""
 
     # compute_loss returns a loss normalized over the whole optimizer step already
     loss_is_scaled_for_ga = True
@@ -148,7 +220,7 @@ class ScaleTrainerMixin:
         self._scale_names = options.segment_names
         self._scale_step_counts: torch.Tensor | None = None
         self._scale_weights: tuple[float, ...] = ()
-        self._scale_logs = {"train": _ComponentLog(len(self._scale_names))}
+        self._scale_logs = {"train": _ComponentLog(len(self._scale_names))}  # components of the training steps
         self._scale_eval = _EvalLog(len(self._scale_names))
         self._scale_fallbacks: dict[str, int] = defaultdict(int)
         self._scale_warned: set[str] = set()
@@ -189,8 +261,10 @@ class ScaleTrainerMixin:
             return self.scale_tagger.tag_shifted(inputs["shift_labels"], position_ids, cu_seqlens)
         raise ValueError("SCALe needs `labels` in every batch; the collator produced: " + ", ".join(inputs))
 
-    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)  # type: ignore[misc]
+    def get_batch_samples(
+        self, epoch_iterator: Iterator[dict[str, Any]], num_batches: int, device: torch.device
+    ) -> tuple[list[dict[str, Any]], Any]:
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         counts = StepCounts(len(self._scale_names))
         from_start, samples = 0, 0
         for batch in batch_samples:
@@ -202,7 +276,7 @@ class ScaleTrainerMixin:
         if from_start:
             self._scale_count_fallback(
                 "steps_with_supervised_prompt",
-                f"{from_start} of the {samples} samples of optimizer step {self.state.global_step} on this rank are "  # type: ignore[attr-defined]
+                f"{from_start} of the {samples} samples of optimizer step {self.state.global_step} on this rank are "
                 "supervised from their first token: nothing of their start is masked, so their prompt (system and "
                 "user turns) is trained, and SCALe counts every supervised token outside the think block as answer: "
                 f"the prompt is weighed as answer. To fix it: {self.scale_prompt_fix}. If the samples really have no "
@@ -210,9 +284,9 @@ class ScaleTrainerMixin:
             )
         self._scale_check_world_size()
         # Every rank reaches this point once per step, with or without data: the collective cannot hang.
-        self._scale_step_counts = counts.all_reduce(device=self.args.device)  # type: ignore[attr-defined]
+        self._scale_step_counts = counts.all_reduce(device=self.args.device)
         self._scale_check_step(self._scale_step_counts)
-        self._scale_logs["train"].units += 1.0 / max(self.args.world_size, 1)  # type: ignore[attr-defined]
+        self._scale_logs["train"].units += 1.0 / max(self.args.world_size, 1)
         return batch_samples, num_items_in_batch
 
     def _scale_check_world_size(self) -> None:
@@ -221,7 +295,7 @@ class ScaleTrainerMixin:
         process group while accelerate saw a single process)."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             group_size = torch.distributed.get_world_size()
-            processes = self.accelerator.num_processes  # type: ignore[attr-defined]
+            processes = self.accelerator.num_processes
             if group_size != processes:
                 raise RuntimeError(
                     f"SCALe: torch.distributed has {group_size} ranks but accelerate sees {processes} process(es); "
@@ -243,7 +317,7 @@ class ScaleTrainerMixin:
         if float(counts[0, 0]) == 0:
             message = (
                 f"no {self.scale_options.think_open!r}...{self.scale_options.think_close!r} tokens in any of the "
-                f"{int(supervised)} supervised tokens of optimizer step {self.state.global_step}: "  # type: ignore[attr-defined]
+                f"{int(supervised)} supervised tokens of optimizer step {self.state.global_step}: "
                 "such steps train the answer term only. Check the tags with `scale-plugins inspect`."
             )
             if self.scale_options.on_missing_think == "error":
@@ -260,7 +334,7 @@ class ScaleTrainerMixin:
     # -- loss ------------------------------------------------------------------------------------------------
 
     def scale_weights(self, segments: SegmentBatch, counts: torch.Tensor) -> TokenWeights:
-        state = self.state  # type: ignore[attr-defined]
+        state = self.state
         self._scale_weights = segment_weights(state.global_step, max(state.max_steps, 1), self.scale_options)
         return token_weights(segments, self._scale_weights, counts, self.scale_options.normalization)
 
@@ -277,11 +351,11 @@ class ScaleTrainerMixin:
         result = self.scale_head_loss(model, inputs, weights)
         return result.loss, result.ce, result.outputs
 
-    def scale_head_loss(self, model: Any, inputs: dict[str, Any], weights: TokenWeights, stats: bool = False) -> Any:
+    def scale_head_loss(
+        self, model: Any, inputs: dict[str, Any], weights: TokenWeights, stats: bool = False
+    ) -> HeadLoss:
         """:func:`hf.head.per_token_loss` with this trainer's options: fused in training, fallbacks counted.
         ``stats=True`` adds TRL's entropy / accuracy sums from the same pass."""
-        from .head import per_token_loss
-
         return per_token_loss(
             model,
             inputs,
@@ -297,7 +371,7 @@ class ScaleTrainerMixin:
         model returned one. The model gets no labels from SCALe, so it never adds it itself."""
         aux = getattr(outputs, "aux_loss", None)
         coef = _router_aux_loss_coef(model)
-        if aux is None or coef == 0.0:
+        if not isinstance(aux, torch.Tensor) or coef == 0.0:
             return None
         return coef * aux.float()
 
@@ -305,45 +379,74 @@ class ScaleTrainerMixin:
         """How the host's stock training loss scales the weighted aux loss of a micro-batch. transformers' Trainer
         (Axolotl, LLaMA-Factory, TRL < 1.16) multiplies the model's whole loss, aux included, by the number of
         processes (token counts are global, DDP averages gradients)."""
-        return float(self.accelerator.num_processes) if training else 1.0  # type: ignore[attr-defined]
+        return float(self.accelerator.num_processes) if training else 1.0
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         segments = inputs.pop(SEGMENTS_KEY, None)
-        training = bool(model.training) and segments is not None
-        if segments is None:  # evaluation, or a host that does not call get_batch_samples: this batch alone
+        if model.training:
+            loss, outputs = self.scale_training_loss(model, inputs, segments)
+        else:
+            loss, outputs = self.scale_evaluation_loss(model, inputs, segments)
+        return (loss, outputs) if return_outputs else loss
+
+    def _scale_forward(self, model: Any, inputs: dict[str, Any], segments: SegmentBatch | None) -> _Forward:
+        """The SCALe loss of one micro-batch. ``segments``: tagged by :meth:`get_batch_samples`, weighted with the
+        whole optimizer step's counts; None (evaluation, or a host that does not call get_batch_samples): this
+        batch is tagged and counted alone."""
+        if segments is None:
             segments = self.scale_tag(inputs)
             counts = local_counts(segments, len(self._scale_names))
+        elif self._scale_step_counts is None:
+            raise RuntimeError("SCALe: a micro-batch tagged by get_batch_samples, but no step counts were made")
         else:
             counts = self._scale_step_counts
         weights = self.scale_weights(segments, counts)
         loss, ce, outputs = self.scale_per_token_loss(model, dict(inputs), segments, weights)
-        loss = loss.float()
-        aux = self.scale_aux_loss(model, outputs)
-        if model.training:
-            log = self._scale_logs["train"]
-            parts = components(ce, segments, weights, len(self._scale_names))
-            log.loss += parts.segment_loss
-            log.tokens += parts.segment_tokens
-        else:
-            # Evaluation: the loss is the plain token-mean CE of the batch, as the stock trainer reports it, so
-            # eval_loss means the same at every step (not the step's schedule weights); the SCALe terms are in
-            # eval_scale/* over the whole eval set.
-            if inputs.get("labels") is not None:
-                targets = shift_targets(inputs["labels"], self.scale_options.ignore_index)
-            else:
-                targets = inputs["shift_labels"]
-            self._scale_eval.add(ce, segments, targets, self.scale_options.ignore_index)
-            supervised = targets.reshape(-1).to(ce.device) != self.scale_options.ignore_index
-            loss = ce.reshape(-1)[supervised].sum() / supervised.sum().clamp(min=1)
-        if training:
-            # Counts are global: summed over ranks, the per-rank losses make the step's loss, but DDP / DeepSpeed
-            # average gradients over ranks, so undo that average.
-            loss = loss * self.accelerator.num_processes  # type: ignore[attr-defined]
+        return _Forward(segments, weights, loss.float(), ce, outputs)
+
+    def scale_training_loss(
+        self, model: Any, inputs: dict[str, Any], segments: SegmentBatch | None
+    ) -> tuple[torch.Tensor, Any]:
+        """The training loss of one micro-batch and the model's outputs; its components go to the ``scale/*`` logs.
+
+        With ``segments`` from :meth:`get_batch_samples` the counts are global: summed over ranks, the per-rank
+        losses make the step's loss, but DDP / DeepSpeed average gradients over ranks, so that average is undone.
+        """
+        step = segments is not None
+        forward = self._scale_forward(model, inputs, segments)
+        aux = self.scale_aux_loss(model, forward.outputs)
+        log = self._scale_logs["train"]
+        parts = components(forward.ce, forward.segments, forward.weights, len(self._scale_names))
+        log.loss += parts.segment_loss
+        log.tokens += parts.segment_tokens
+        loss = forward.loss
+        if step:
+            loss = loss * self.accelerator.num_processes
         if aux is not None:
-            loss = loss + aux * self.scale_aux_loss_factor(training)
-        return (loss, outputs) if return_outputs else loss
+            loss = loss + aux * self.scale_aux_loss_factor(step)
+        return loss, forward.outputs
+
+    def scale_evaluation_loss(
+        self, model: Any, inputs: dict[str, Any], segments: SegmentBatch | None
+    ) -> tuple[torch.Tensor, Any]:
+        """The evaluation loss of one batch and the model's outputs: the plain token-mean CE of the batch, as the
+        stock trainer reports it, so eval_loss means the same at every step (not the step's schedule weights); the
+        SCALe terms are in eval_scale/* over the whole eval set."""
+        forward = self._scale_forward(model, inputs, segments)
+        aux = self.scale_aux_loss(model, forward.outputs)
+        if inputs.get("labels") is not None:
+            targets = shift_targets(inputs["labels"], self.scale_options.ignore_index)
+        else:
+            targets = inputs["shift_labels"]
+        ce = forward.ce
+        self._scale_eval.add(ce, forward.segments, targets, self.scale_options.ignore_index)
+        supervised = targets.reshape(-1).to(ce.device) != self.scale_options.ignore_index
+        loss = ce.reshape(-1)[supervised].sum() / supervised.sum().clamp(min=1)
+        if aux is not None:
+            loss = loss + aux * self.scale_aux_loss_factor(False)
+        return loss, forward.outputs
 
     # -- logging ----------------------------------------------------------------------------------------------
 
@@ -351,7 +454,7 @@ class ScaleTrainerMixin:
         if mode == "eval":
             return self._scale_eval_metrics()
         log = self._scale_logs["train"]
-        loss, tokens, units = log.reduced(self.args.device)  # type: ignore[attr-defined]
+        loss, tokens, units = log.reduced(self.args.device)
         log.reset()
         if units <= 0:
             return {}
@@ -372,7 +475,7 @@ class ScaleTrainerMixin:
         normalization: mean over samples of the per-sample mean, or over tokens), ``eval_scale/<segment>_tokens``
         (total) and ``eval_scale/ce`` (the plain token-mean CE over every supervised token). None depends on the
         eval batch size, the number of ranks or the schedule: use them (or eval_loss) to pick checkpoints."""
-        sums, ce, batches = self._scale_eval.reduced(self.args.device)  # type: ignore[attr-defined]
+        sums, ce, batches = self._scale_eval.reduced(self.args.device)
         self._scale_eval.reset()
         if batches <= 0:
             return {}
@@ -388,7 +491,7 @@ class ScaleTrainerMixin:
         return metrics
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        mode = "train" if self.model.training else "eval"  # type: ignore[attr-defined]
+        mode = "train" if self.model is not None and self.model.training else "eval"
         if not any(key.startswith("train_") for key in logs):  # not the end-of-training summary
             logs.update(self.scale_metrics(mode))
-        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+        super().log(logs, *args, **kwargs)
