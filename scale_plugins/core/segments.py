@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -97,6 +97,9 @@ class TokenTable:
     def __init__(self, pieces: Sequence[bytes]):
         self.pieces: list[bytes] = list(pieces)
         self.lengths = np.fromiter((len(p) for p in self.pieces), dtype=np.int64, count=len(self.pieces))
+        # every piece in one buffer, for joining many tokens' bytes with a numpy gather (:meth:`join`)
+        self._blob = np.frombuffer(b"".join(self.pieces), dtype=np.uint8)
+        self._offsets = np.cumsum(self.lengths) - self.lengths
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -142,6 +145,17 @@ class TokenTable:
             extra = size - len(self.pieces)
             self.pieces.extend([b""] * extra)
             self.lengths = np.concatenate([self.lengths, np.zeros(extra, dtype=np.int64)])
+            self._offsets = np.concatenate([self._offsets, np.full(extra, len(self._blob), dtype=np.int64)])
+
+    def join(self, ids: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray]:
+        """The bytes of the tokens ``ids`` (an int64 array) one after another, with each token's byte length and
+        first byte in them: ``b"".join(pieces[i] for i in ids)`` as one gather."""
+        lengths = self.lengths[ids]
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        index = np.repeat(self._offsets[ids] - starts, lengths)
+        index += np.arange(len(index))
+        return self._blob[index].tobytes(), lengths, starts
 
 
 @dataclass
@@ -207,20 +221,21 @@ def _text_positions(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
     return pos.reshape(-1, pos.shape[-1])
 
 
-@dataclass(frozen=True)
-class _Span:
+class _Span(NamedTuple):
     start: int  # byte offsets of the whole span, tags included
     stop: int
     empty: bool  # nothing but whitespace between the tags
     closed: bool = True  # the span ends with its closer (False: truncated, think to the end of the run)
 
 
-def _find_spans(data: bytes, open_tag: bytes, close_tag: bytes, orphan_close: bool) -> list[_Span]:
-    spans = []
-    pos = 0
+def _find_spans(data: bytes, lo: int, hi: int, open_tag: bytes, close_tag: bytes, orphan_close: bool) -> list[_Span]:
+    """The spans of one tag pair in ``data[lo:hi]`` (one supervised run), as offsets into ``data``."""
+    spans: list[_Span] = []
+    find = data.find
+    pos = lo
     while True:
-        o = data.find(open_tag, pos)
-        c = data.find(close_tag, pos) if orphan_close else -1
+        o = find(open_tag, pos, hi)
+        c = find(close_tag, pos, hi) if orphan_close else -1
         if c != -1 and (o == -1 or c < o):
             # closer with no opener: think since the last span
             spans.append(_Span(pos, c + len(close_tag), not data[pos:c].strip()))
@@ -228,47 +243,95 @@ def _find_spans(data: bytes, open_tag: bytes, close_tag: bytes, orphan_close: bo
             continue
         if o == -1:
             return spans
-        c = data.find(close_tag, o + len(open_tag))
+        c = find(close_tag, o + len(open_tag), hi)
         if c == -1:  # truncated: think to the end
-            spans.append(_Span(o, len(data), not data[o + len(open_tag) :].strip(), closed=False))
+            spans.append(_Span(o, hi, not data[o + len(open_tag) : hi].strip(), closed=False))
             return spans
         spans.append(_Span(o, c + len(close_tag), not data[o + len(open_tag) : c].strip()))
         pos = c + len(close_tag)
 
 
-_WHITESPACE = np.zeros(256, dtype=bool)
-_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
+def _occurrences(data: bytes, tag: bytes, run_lo: np.ndarray, run_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``tag`` starts in ``data`` (overlapping matches too), keeping the matches that lie inside one run, and
+    the index of that run (``run_lo`` ascending)."""
+    found = []
+    find = data.find
+    at = find(tag)
+    while at != -1:
+        found.append(at)
+        at = find(tag, at + 1)
+    starts = np.array(found, dtype=np.int64)
+    runs = np.searchsorted(run_lo, starts, side="right") - 1
+    inside = starts + len(tag) <= run_hi[runs]
+    return starts[inside], runs[inside]
+
+
+def _all_spans(
+    data: bytes,
+    run_lo: np.ndarray,
+    run_hi: np.ndarray,
+    text_before: np.ndarray,
+    open_tag: bytes,
+    close_tag: bytes,
+    orphan_close: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The spans of one tag pair in every run ``data[run_lo[r]:run_hi[r]]``: the spans :func:`_find_spans` finds
+    run by run, as arrays (start, stop, empty, closed), in no particular order.
+
+    A run with at most one opener and one closer, not overlapping (nearly every run), is read with array
+    operations; any other run goes through :func:`_find_spans`. ``text_before[i]``: how many non-whitespace bytes
+    ``data[:i]`` holds (so a span is empty when its content adds none).
+    """
+    runs = len(run_lo)
+    opens, open_run = _occurrences(data, open_tag, run_lo, run_hi)
+    closes, close_run = _occurrences(data, close_tag, run_lo, run_hi)
+    o = np.full(runs, -1, dtype=np.int64)
+    o[open_run] = opens
+    c = np.full(runs, -1, dtype=np.int64)
+    c[close_run] = closes
+    both = (o >= 0) & (c >= 0)
+    irregular = (np.bincount(open_run, minlength=runs) > 1) | (np.bincount(close_run, minlength=runs) > 1)
+    irregular |= both & (o < c + len(close_tag)) & (c < o + len(open_tag))  # the two tags share bytes
+    has_open, has_close = (o >= 0) & ~irregular, (c >= 0) & ~irregular
+    block = has_open & has_close & (o < c)  # opener ... closer
+    orphan = has_close & ((o < 0) | (c < o)) if orphan_close else np.zeros(runs, dtype=bool)  # run start ... closer
+    cut = has_open & ((c < 0) | (c < o))  # opener ... end of the run (no closer after it)
+    # (start, stop, content start, content stop, closed) of each kind
+    kinds = [
+        (o[block], c[block] + len(close_tag), o[block] + len(open_tag), c[block], True),
+        (run_lo[orphan], c[orphan] + len(close_tag), run_lo[orphan], c[orphan], True),
+        (o[cut], run_hi[cut], o[cut] + len(open_tag), run_hi[cut], False),
+    ]
+    start = np.concatenate([k[0] for k in kinds])
+    stop = np.concatenate([k[1] for k in kinds])
+    empty = np.concatenate([text_before[k[3]] == text_before[k[2]] for k in kinds])
+    closed = np.concatenate([np.full(len(k[0]), k[4]) for k in kinds])
+    rest = [
+        span
+        for r in np.flatnonzero(irregular).tolist()
+        for span in _find_spans(data, int(run_lo[r]), int(run_hi[r]), open_tag, close_tag, orphan_close)
+    ]
+    if rest:
+        start = np.concatenate([start, [s.start for s in rest]]).astype(np.int64)
+        stop = np.concatenate([stop, [s.stop for s in rest]]).astype(np.int64)
+        empty = np.concatenate([empty, [s.empty for s in rest]]).astype(bool)
+        closed = np.concatenate([closed, [s.closed for s in rest]]).astype(bool)
+    return start, stop, empty, closed
+
+
+_WHITESPACE = b" \t\n\r\x0b\x0c"  # what bytes.strip() strips
 _EMPTY_THINK = -1  # bytes of an empty think block left out of the loss
-
-
-def _score(byte_segment: np.ndarray) -> np.ndarray:
-    """When one token holds bytes of several segments: answer text wins over an extra segment, which wins over
-    think, which wins over an ignored empty think block (the score's rank); ties go to the larger segment id."""
-    rank = np.select([byte_segment == ANSWER, byte_segment >= FIRST_EXTRA, byte_segment == THINK], [3, 2, 1], default=0)
-    return rank * 1024 + np.maximum(byte_segment, 0)
-
-
-def _token_segments(data: bytes, byte_segment: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Segment of each token of a run from the segments of its bytes: its non-whitespace bytes decide (all of
-    them if it is all whitespace), by the priority of :func:`_score`."""
-    out = np.full(len(lengths), ANSWER, dtype=np.int64)  # a token with no bytes (an id the tokenizer lacks)
-    nonempty = lengths > 0
-    if not nonempty.any():
-        return out
-    score = _score(byte_segment)
-    text_score = np.where(_WHITESPACE[np.frombuffer(data, dtype=np.uint8)], -1, score)
-    first_byte = (np.cumsum(lengths) - lengths)[nonempty]
-    best_text = np.maximum.reduceat(text_score, first_byte)
-    best = np.where(best_text >= 0, best_text, np.maximum.reduceat(score, first_byte))
-    out[nonempty] = np.where(best < 1024, _EMPTY_THINK, best % 1024)
-    return out
 
 
 class SegmentTagger:
     """Turns a batch of targets into a :class:`SegmentBatch`.
 
-    Vectorised where it matters: run detection and segment assignment are tensor ops;
-    tag search is one C-level ``bytes.find`` scan per supervised run.
+    Work is per batch, not per run or per token (a Python loop per run cost more than the rest): the
+    supervised tokens' bytes are gathered into one buffer (:meth:`TokenTable.join`), each tag is found there
+    with C-level ``bytes.find``, runs holding one opener and one closer get their spans from array operations
+    (:func:`_all_spans`; any other run goes through :func:`_find_spans`), the spans are painted onto one array
+    of byte ranks, and every token's segment comes out of one ``np.maximum.reduceat`` over its bytes
+    (:meth:`_rank_tables`).
     """
 
     def __init__(self, table: TokenTable, options: ScaleOptions):
@@ -279,6 +342,28 @@ class SegmentTagger:
         self._tags = [(o.encode("utf-8"), c.encode("utf-8"), seg, orphan) for o, c, seg, orphan in tags]
         self.empty_think_blocks = 0  # empty think blocks left out of the loss so far (empty_think="ignore")
         self._close_as_answer = options.think_close_segment == "answer"
+        self._rank, self._text_bonus, self._segment_of_key, self._rank_dtype = self._rank_tables(len(tags) - 1)
+
+    @staticmethod
+    def _rank_tables(extras: int) -> tuple[dict[int, int], np.ndarray, np.ndarray, type]:
+        """Byte ranks and how a token's segment is read from them.
+
+        A token holding bytes of several segments goes by its non-whitespace bytes (all of them if it is all
+        whitespace): answer text wins over an extra segment (the later one first), which wins over think, which
+        wins over an ignored empty think block (:data:`_EMPTY_THINK`). Returns ``rank`` (segment -> its place
+        in that order, 0 .. n - 1), ``bonus`` (byte value -> n for a non-whitespace byte, 0 for whitespace),
+        ``decode`` (key -> segment id, for keys 0 .. 2n - 1) and the dtype they fit in. A byte's key is its
+        segment's rank plus its bonus, so a token's largest key is its best non-whitespace byte when it has one
+        and its best byte otherwise.
+        """
+        order = [_EMPTY_THINK, THINK, *range(FIRST_EXTRA, FIRST_EXTRA + extras), ANSWER]
+        rank = {segment: r for r, segment in enumerate(order)}
+        n = len(order)
+        dtype = np.int8 if 2 * n <= 127 else np.int32
+        bonus = np.full(256, n, dtype=dtype)
+        bonus[list(_WHITESPACE)] = 0
+        decode = np.array([IGNORED if s == _EMPTY_THINK else s for s in order] * 2, dtype=np.int64)
+        return rank, bonus, decode, dtype
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, options: ScaleOptions) -> SegmentTagger:
@@ -328,36 +413,50 @@ class SegmentTagger:
     def tag_targets(self, targets: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
         """Segment id per target token (already aligned), given the sample id per token."""
         flat = targets.reshape(-1)
-        flat_samples = sample_ids.reshape(-1)
         supervised = flat != self.options.ignore_index
         segment_ids = torch.where(supervised, ANSWER, IGNORED).to(torch.int64)
-        if not bool(supervised.any()):
+        where = torch.nonzero(supervised).view(-1)  # the supervised positions, in order
+        if not where.numel():
             return segment_ids.view_as(targets)
-        if int(flat.max()) >= len(self.table):
-            self.table.ensure_size(int(flat.max()) + 1)
-        # Runs: maximal stretches of supervised tokens inside one sample.
-        linked = torch.zeros_like(supervised)  # linked[t]: t continues the run of t - 1
-        linked[1:] = supervised[:-1] & supervised[1:] & (flat_samples[1:] == flat_samples[:-1])
-        continues = torch.zeros_like(supervised)
-        continues[:-1] = linked[1:]
-        starts = torch.nonzero(supervised & ~linked).view(-1).tolist()
-        ends = (torch.nonzero(supervised & ~continues).view(-1) + 1).tolist()
-        ids = flat.tolist()
-        pieces = self.table.pieces
-        seg = segment_ids.numpy()
-        for start, end in zip(starts, ends):
-            data = b"".join([pieces[i] for i in ids[start:end]])
-            found = [(o, c, s, orphan) for o, c, s, orphan in self._tags if o in data or (orphan and c in data)]
-            if not found:
-                continue
-            byte_segment = np.full(len(data), ANSWER, dtype=np.int64)
-            for open_tag, close_tag, segment, orphan in found:
-                for span in _find_spans(data, open_tag, close_tag, orphan):
-                    empty = segment == THINK and span.empty and self.options.empty_think == "ignore"
-                    byte_segment[span.start : span.stop] = _EMPTY_THINK if empty else segment
-                    self.empty_think_blocks += int(empty)
-                    if segment == THINK and span.closed and not empty and self._close_as_answer:
-                        byte_segment[span.stop - len(close_tag) : span.stop] = ANSWER
-            run_segments = _token_segments(data, byte_segment, self.table.lengths[flat[start:end].numpy()])
-            seg[start:end] = np.where(run_segments == _EMPTY_THINK, IGNORED, run_segments)
+        ids = flat[where].numpy()
+        top = int(ids.max())
+        if top >= len(self.table):
+            self.table.ensure_size(top + 1)
+        # Runs: maximal stretches of supervised tokens inside one sample. A supervised token starts one unless it
+        # follows the previous supervised token directly, in the same sample.
+        samples = sample_ids.reshape(-1)[where]
+        breaks = torch.ones_like(where, dtype=torch.bool)
+        breaks[1:] = (where[1:] != where[:-1] + 1) | (samples[1:] != samples[:-1])
+        run_first = torch.nonzero(breaks).view(-1).numpy()
+        # The bytes of all supervised tokens, joined once; each run is a byte range of it.
+        data, lengths, token_start = self.table.join(ids)
+        tags = [t for t in self._tags if t[0] in data or (t[3] and t[1] in data)]
+        if not tags:  # no tag anywhere: every supervised token is answer
+            return segment_ids.view_as(targets)
+        run_lo = token_start[run_first]
+        run_hi = np.append(run_lo[1:], len(data))
+        text_bonus = self._text_bonus.take(np.frombuffer(data, dtype=np.uint8))  # > 0: not whitespace
+        text_before = np.zeros(len(data) + 1, dtype=np.int64)
+        np.cumsum(text_bonus != 0, out=text_before[1:])
+        rank = self._rank
+        ranks = np.full(len(data), rank[ANSWER], dtype=self._rank_dtype)  # priority rank of each byte
+        for open_tag, close_tag, segment, orphan in tags:  # in order: an extra segment overwrites think
+            start, stop, empty, closed = _all_spans(data, run_lo, run_hi, text_before, open_tag, close_tag, orphan)
+            left_out = empty if segment == THINK and self.options.empty_think == "ignore" else np.zeros_like(empty)
+            self.empty_think_blocks += int(left_out.sum())
+            values = np.where(left_out, rank[_EMPTY_THINK], rank[segment])
+            for a, b, value in zip(start.tolist(), stop.tolist(), values.tolist()):  # a tag's spans are disjoint
+                ranks[a:b] = value
+            if segment == THINK and self._close_as_answer:
+                for b in stop[closed & ~left_out].tolist():
+                    ranks[b - len(close_tag) : b] = rank[ANSWER]
+        # Each token's segment: the largest key (rank + a bonus for non-whitespace) over its bytes.
+        keys = ranks + text_bonus
+        nonempty = lengths > 0  # a token with no bytes (an id the tokenizer lacks) stays answer
+        if nonempty.all():
+            tagged = self._segment_of_key.take(np.maximum.reduceat(keys, token_start))
+        else:
+            tagged = np.full(len(ids), ANSWER, dtype=np.int64)
+            tagged[nonempty] = self._segment_of_key.take(np.maximum.reduceat(keys, token_start[nonempty]))
+        segment_ids.numpy()[where.numpy()] = tagged
         return segment_ids.view_as(targets)

@@ -1,11 +1,15 @@
 """``scale-plugins bench``: the SCALe loss vs the stock Hugging Face causal-LM loss, side by side.
 
-For each hidden size, both arms start from the same logits ([B, T, V], produced by an
-LM-head projection of random hidden states, or given directly) and run forward +
-backward; each arm runs in its own process on CPU (peak RSS is per process) or after a
-peak-memory reset on CUDA. The stock arm is ``transformers``' ``ForCausalLMLoss`` (the
-loss a model computes when given labels); the SCALe arm includes tagging, step counts,
-token weights and the chunked weighted CE. Also reports tagging throughput.
+For each hidden size, both arms start from the same random hidden states and LM-head weight and
+run forward + backward; each arm runs in its own process on CPU (peak RSS is per process) or after a
+peak-memory reset on CUDA. The stock arm is the head's logits ([B, T, V]) + ``transformers``'
+``ForCausalLMLoss`` (the loss a model computes when given labels); the SCALe arm is what the trainers
+run: tagging, step counts, token weights and the fused head (:func:`~scale_plugins.core.fused_linear_weighted_ce`,
+no logits). ``--logits`` makes the SCALe arm the chunked weighted CE over the head's logits instead,
+``--from-logits`` times the loss alone from given logits.
+
+Also reports tagging throughput, with its ratio to a fixed plain baseline timed on the same rows in the same
+run (:func:`byte_scan`), so that a regression shows on a loaded or slower machine too.
 
 ``--trainer`` compares whole training steps per host, each arm in its own process, on the same
 tiny Qwen2 (the full Qwen vocabulary, so the LM head and loss dominate) and the same packed rows:
@@ -50,12 +54,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     p.add_argument("--from-logits", action="store_true", help="time the loss only, from given logits (no LM head)")
     p.add_argument(
-        "--fused",
+        "--logits",
         action="store_true",
-        help="SCALe arm: the fused head (core.fused_linear_weighted_ce from hidden states, no logits) instead of"
-        " the chunked CE over the head's logits",
+        help="SCALe arm: the chunked weighted CE over the head's logits instead of the fused head (what the trainers"
+        " run: core.fused_linear_weighted_ce from the hidden states, no logits)",
     )
-    p.add_argument("--tagging-tokens", type=int, default=1_000_000, help="tokens to tag for the throughput number")
+    p.add_argument("--fused", action="store_true", help=argparse.SUPPRESS)  # the default since the fused head
+    p.add_argument(
+        "--tagging-tokens",
+        type=int,
+        default=3_000_000,
+        help="tokens to tag for the throughput number (0: skip it)",
+    )
     p.add_argument("--skip-loss", action="store_true")
     p.add_argument(
         "--trainer", action="store_true", help="also compare whole training steps: SFTTrainer vs ScaleSFTTrainer"
@@ -136,7 +146,7 @@ def _arm(kind: str, args: dict[str, Any], hidden: int) -> dict[str, float]:
     if kind == "stock":
         from transformers.loss.loss_utils import ForCausalLMLoss
 
-    fused = kind == "scale" and args.get("fused") and head is not None
+    fused = kind == "scale" and not args.get("logits") and head is not None
 
     def step() -> None:
         if fused:
@@ -212,36 +222,75 @@ def run_arm(kind: str, args: dict[str, Any], hidden: int) -> dict[str, float]:
     return result
 
 
-def tagging_throughput(tokens: int) -> float:
-    """Tokens/s of SegmentTagger on one core, on real Qwen2.5-BPE-tokenized CoT samples packed into 4096-token rows."""
-    from ..core import ScaleOptions, SegmentTagger
+ROW = 4096  # tokens per packed row of the tagging benchmark
+ROWS = 8  # rows per tagged batch
+
+
+def tagging_rows(tokenizer: Any, rows: int = ROWS, seq: int = ROW) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, position_ids) [rows, seq]: synthetic CoT samples (real chat template, assistant turn supervised)
+    packed back to back into ``rows`` rows of ``seq`` tokens, positions restarting at each sample."""
     from ..data import synthetic_cot
+    from .inspect import encode_sample
+
+    labels: list[int] = []
+    pos: list[int] = []
+    n = 0
+    while len(labels) < rows * seq:
+        for sample in synthetic_cot(100, seed=1 + n):
+            _, lab = encode_sample(tokenizer, sample)
+            labels += lab
+            pos += range(len(lab))
+        n += 1
+    return torch.tensor(labels[: rows * seq]).view(rows, seq), torch.tensor(pos[: rows * seq]).view(rows, seq)
+
+
+def byte_scan(pieces: list[bytes], labels: torch.Tensor, tags: tuple[bytes, ...], ignore_index: int = -100) -> int:
+    """The tagging benchmark's fixed baseline: the least a byte-level tagger does, in plain Python. Per row, the
+    supervised ids to a list, their bytes joined, each tag counted. Kept as it is so that the ratio
+    tagging / baseline compares across commits and machines; returns the tags found."""
+    found = 0
+    for row in labels.tolist():
+        data = b"".join([pieces[i] for i in row if i != ignore_index])
+        found += sum(data.count(tag) for tag in tags)
+    return found
+
+
+def tagging_throughput(tokens: int) -> dict[str, float]:
+    """Tokens/s of ``SegmentTagger.tag`` on one core (real Qwen2.5 BPE, ``<think>`` in several pieces, CoT samples
+    packed into 8 x 4096 rows), and of :func:`byte_scan` over the same rows. The two alternate batch by batch;
+    ``ratio`` is the median over the batches of (baseline time / tagging time), i.e. the tagger's speed in units of
+    the baseline's."""
+    from ..core import ScaleOptions, SegmentTagger
 
     torch.set_num_threads(1)
     try:
         from ..testing import qwen_tokenizer
-        from .inspect import encode_sample
 
         tokenizer = qwen_tokenizer(qwen3_specials=False)
     except ImportError:
         print("tagging throughput needs transformers + qwen-tokenizer (the trl/dev extras)", file=sys.stderr)
-        return float("nan")
-    tagger = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions())
-    ids, labels, pos = [], [], []
-    for sample in synthetic_cot(200, seed=1):
-        i, lab = encode_sample(tokenizer, sample)
-        ids += i
-        labels += lab
-        pos += list(range(len(i)))
-    rows = len(labels) // 4096
-    lab = torch.tensor(labels[: rows * 4096]).view(rows, 4096)
-    position_ids = torch.tensor(pos[: rows * 4096]).view(rows, 4096)
-    batch = lab[:8], position_ids[:8]
-    done, t0 = 0, time.perf_counter()
-    while done < tokens:
-        tagger.tag(*batch)
-        done += batch[0].numel()
-    return done / (time.perf_counter() - t0)
+        return {"rate": float("nan"), "baseline": float("nan"), "ratio": float("nan")}
+    options = ScaleOptions()
+    tagger = SegmentTagger.from_tokenizer(tokenizer, options)
+    labels, position_ids = tagging_rows(tokenizer)
+    tags = (options.think_open.encode(), options.think_close.encode())
+    pieces = tagger.table.pieces
+    tagger.tag(labels, position_ids)  # warm-up
+    byte_scan(pieces, labels, tags)
+    tag_times, scan_times = [], []
+    for _ in range(max(1, round(tokens / labels.numel()))):
+        t0 = time.perf_counter()
+        byte_scan(pieces, labels, tags)
+        t1 = time.perf_counter()
+        tagger.tag(labels, position_ids)
+        t2 = time.perf_counter()
+        scan_times.append(t1 - t0)
+        tag_times.append(t2 - t1)
+    return {
+        "rate": labels.numel() / statistics.median(tag_times),
+        "baseline": labels.numel() / statistics.median(scan_times),
+        "ratio": statistics.median(s / t for s, t in zip(scan_times, tag_times)),
+    }
 
 
 def _load() -> str:
@@ -261,7 +310,7 @@ def main(ns: argparse.Namespace) -> int:
     print(
         f"device={args['device']} dtype={args['dtype']} vocab={args['vocab']} batch={args['batch']} seq={args['seq']}"
         f" {'loss only (from logits)' if args['from_logits'] else 'LM head + loss'}"
-        f"{'; SCALe arm: fused head (no logits)' if args['fused'] and not args['from_logits'] else ''};"
+        f"{'' if args['from_logits'] else _scale_arm(args)};"
         f" median of {args['repeats']} runs"
     )
     print(f"load average at the start: {_load()}")
@@ -278,11 +327,21 @@ def main(ns: argparse.Namespace) -> int:
             )
     if args["trainer"]:
         run_trainer_bench(args)
-    print(f"load average at the end: {_load()}")
     if args["tagging_tokens"] > 0:
-        rate = tagging_throughput(args["tagging_tokens"])
-        print(f"tagging throughput (1 core, Qwen2.5 BPE, multi-piece tags, packed 8x4096): {rate / 1e6:.1f}M tokens/s")
+        t = tagging_throughput(args["tagging_tokens"])
+        print(
+            f"tagging throughput (1 core, Qwen2.5 BPE, multi-piece tags, packed {ROWS}x{ROW}): {t['rate'] / 1e6:.2f}M"
+            f" tokens/s; baseline (one plain byte scan of the same rows): {t['baseline'] / 1e6:.2f}M tokens/s;"
+            f" ratio tagging / baseline: {t['ratio']:.2f}"
+        )
+    print(f"load average at the end: {_load()}")
     return 0
+
+
+def _scale_arm(args: dict[str, Any]) -> str:
+    if args["logits"]:
+        return "; SCALe arm: chunked weighted CE over the head's logits (--logits)"
+    return "; SCALe arm: fused head (no logits), what the trainers run"
 
 
 def _versions(host: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
@@ -837,3 +838,223 @@ def test_tag_with_mrope_position_ids(tok, table: TokenTable, batch_size: int) ->
         assert torch.equal(mrope.segment_ids, plain.segment_ids)
         assert torch.equal(mrope.sample_ids, plain.sample_ids)
         assert mrope.num_samples == batch_size
+
+
+# --------------------------------------------------------------------------- the batch tagger against a plain one
+# SegmentTagger tags a whole batch at once (one byte buffer, tags found over all runs with array operations, one
+# reduction per token). These tests compare it with the plainest byte-level tagger: one run at a time, the run's
+# pieces joined, the tags found byte by byte (_char_spans works on bytes as on text), each token decided by a loop
+# over its bytes. Token tables made of tag fragments, zero-byte pieces, split UTF-8 characters and whitespace put
+# tags across token and run boundaries; the options include tags that overlap each other or themselves.
+
+WHITESPACE_BYTES = b" \t\n\r\x0b\x0c"
+FRAGMENTS = [
+    b"",
+    b"<",
+    b">",
+    b"/",
+    b"<th",
+    b"ink>",
+    b"</",
+    b"think",
+    b"<think>",
+    b"</think>",
+    b">A",
+    b".</",
+    b"<perception>",
+    b"</perception>",
+    b"<perc",
+    b"eption>",
+    b" ",
+    b"\n",
+    b"\t",
+    b" \n\n",
+    b"\r",
+    b"\x0b",
+    b"\x0c",
+    b"a",
+    b"b",
+    b"ab",
+    b"ba",
+    b"aba",
+    b"B",
+    b"x y",
+    "◁think▷".encode(),
+    "◁/think▷".encode(),
+    "◁".encode()[:2],
+    "◁".encode()[2:] + b"/",
+    b"think" + "▷".encode()[:1],
+    "▷".encode()[1:],
+    b"<t",
+    b"<t>",
+    b"t>",
+    b"<e1>",
+    b"</e1>",
+    b"<e69>",
+    b"</e69>",
+]
+MANY_EXTRAS = tuple(ExtraSegment(f"e{k}", f"<e{k}>", f"</e{k}>") for k in range(70))  # ranks past int8
+BATCH_OPTIONS = [
+    OPTS,
+    ScaleOptions(empty_think="think"),
+    OPTS_EXTRA,
+    OPTS_CLOSE,
+    ScaleOptions(think_close_segment="answer", empty_think="think"),
+    OPTS_KIMI,
+    ScaleOptions(think_open="aba", think_close="bab", extra_segments=(ExtraSegment("ab", "ab", "ba"),)),
+    ScaleOptions(think_open="<t", think_close="<t>", think_close_segment="answer"),
+    ScaleOptions(think_open="a", think_close="aa", extra_segments=(ExtraSegment("b", "b", "bb"),)),
+    ScaleOptions(extra_segments=(PERCEPTION, *MANY_EXTRAS)),
+]
+
+
+def plain_run_segments(data: bytes, lengths: list[int], options: ScaleOptions) -> tuple[list[int], int]:
+    """Segment of each token of one run (its pieces joined as ``data``), and the empty think blocks left out."""
+    tags = [(options.think_open, options.think_close, THINK, True)]
+    tags += [(e.open_tag, e.close_tag, FIRST_EXTRA + k, False) for k, e in enumerate(options.extra_segments)]
+    byte_seg = [ANSWER] * len(data)
+    left_out = 0
+    for open_tag, close_tag, segment, orphan in tags:
+        o, c = open_tag.encode(), close_tag.encode()
+        for a, b, empty in _char_spans(data, o, c, orphan, WHITESPACE_BYTES):  # type: ignore[arg-type]
+            ignored = segment == THINK and empty and options.empty_think == "ignore"
+            left_out += ignored
+            closed = b is not None
+            a, b = (a or 0), (len(data) if b is None else b)
+            byte_seg[a:b] = [EMPTY if ignored else segment] * (b - a)
+            if segment == THINK and closed and not ignored and options.think_close_segment == "answer":
+                byte_seg[b - len(c) : b] = [ANSWER] * len(c)
+    out, pos = [], 0
+    for n in lengths:
+        own = range(pos, pos + n)
+        voters = {byte_seg[i] for i in own if data[i] not in WHITESPACE_BYTES} or {byte_seg[i] for i in own}
+        best = max(voters, key=lambda k: (PRIORITY.get(k, 2), k)) if voters else ANSWER
+        out.append(IGNORED if best == EMPTY else best)
+        pos += n
+    return out, left_out
+
+
+def plain_tagger(pieces: list[bytes], labels: list[list[int]], starts: list[list[bool]], options: ScaleOptions):
+    """Segment ids of a batch, row by row, sample by sample (a sample starts at each row and where ``starts``)."""
+    seg = [[IGNORED] * len(row) for row in labels]
+    left_out = 0
+    for r, row in enumerate(labels):
+        t = 0
+        while t < len(row):
+            if row[t] == options.ignore_index:
+                t += 1
+                continue
+            end = t + 1
+            while end < len(row) and row[end] != options.ignore_index and not starts[r][end]:
+                end += 1
+            run = [pieces[i] if i < len(pieces) else b"" for i in row[t:end]]
+            seg[r][t:end], n = plain_run_segments(b"".join(run), [len(p) for p in run], options)
+            left_out += n
+            t = end
+    return seg, left_out
+
+
+@st.composite
+def _batch(draw: st.DrawFn):
+    options = draw(st.sampled_from(BATCH_OPTIONS))
+    rows = draw(st.integers(1, 3))
+    width = draw(st.integers(1, 48))
+    token = st.one_of(st.integers(0, len(FRAGMENTS) - 1), st.integers(len(FRAGMENTS), len(FRAGMENTS) + 3))
+    labels = [
+        [draw(token) if draw(st.integers(0, 5)) else options.ignore_index for _ in range(width)] for _ in range(rows)
+    ]
+    starts = [[t == 0 or draw(st.integers(0, 11)) == 0 for t in range(width)] for _ in range(rows)]
+    return options, labels, starts
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=_batch())
+def test_batch_tagger_equals_plain_tagger(case) -> None:
+    options, labels, starts = case
+    positions = [[0] * len(row) for row in starts]
+    for row, flags in zip(positions, starts):
+        for t in range(1, len(row)):
+            row[t] = 0 if flags[t] else row[t - 1] + 1
+    tagger = SegmentTagger(TokenTable(FRAGMENTS), options)
+    got = tagger.tag(torch.tensor(labels), position_ids=torch.tensor(positions), shift=False)
+    expected, left_out = plain_tagger(FRAGMENTS, labels, starts, options)
+    assert got.segment_ids.tolist() == expected
+    assert tagger.empty_think_blocks == left_out
+
+
+@pytest.mark.parametrize("options", BATCH_OPTIONS, ids=[str(k) for k in range(len(BATCH_OPTIONS))])
+def test_batch_tagger_adversarial_runs(options: ScaleOptions) -> None:
+    """Hand-picked runs: a tag cut by a run boundary, by a sample boundary, two blocks and stray tags in one run,
+    tags sharing bytes, every run boundary on a zero-byte piece."""
+    o, c = options.think_open.encode(), options.think_close.encode()
+    pieces = [
+        b"",
+        o,
+        c,
+        o[:1],
+        o[1:],
+        c[:1],
+        c[1:],
+        b"x",
+        b" ",
+        b"\n",
+        c + b"y",
+        b"." + c[:1],
+        o + c,
+        b"\x0b\x0c",
+        c + b"\x0b",
+    ]
+    texts = [
+        [1, 7, 2, 7],  # block then answer
+        [3, 4, 7, 5, 6, 10],  # split opener and closer, answer glued to the closer
+        [3],  # the opener's first piece ends the run ...
+        [4, 7, 2],  # ... its rest starts the next one: no opener here, an orphan closer
+        [1, 7],  # truncated
+        [2, 7, 2, 1, 1, 7, 2, 2, 1],  # stray closers and openers
+        [1, 8, 9, 2, 7, 1, 9, 2, 8, 7],  # two blocks, the second empty
+        [0, 11, 6, 0, 12, 0],  # zero-byte pieces around a glued closer and a tag pair in one piece
+        [12, 12, 1, 1, 2, 2],
+        [1, 13, 2, 7],  # vertical tab and form feed are whitespace (bytes.strip): an empty block ...
+        [1, 7, 14, 7],  # ... and a closer glued to one is think
+    ]
+    for joined in (False, True):  # each text its own sample, or consecutive texts one run
+        labels = [t for text in texts for t in text]
+        starts = [k == 0 for text in texts for k in range(len(text))]
+        if joined:
+            starts = [t == 0 for t in range(len(labels))]
+        positions = []
+        for flag in starts:
+            positions.append(0 if flag else positions[-1] + 1)
+        tagger = SegmentTagger(TokenTable(pieces), options)
+        got = tagger.tag(torch.tensor([labels]), position_ids=torch.tensor([positions]), shift=False)
+        expected, left_out = plain_tagger(pieces, [labels], [starts], options)
+        assert got.segment_ids.tolist() == expected
+        assert tagger.empty_think_blocks == left_out
+        assert THINK in expected[0] and ANSWER in expected[0]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    parts=st.lists(
+        st.sampled_from([b"<t>", b"</t>", b"<t", b"t>", b"a", b"aa", b"ab", b"b", b" ", b"\n"]), max_size=30
+    ),
+    cuts=st.lists(st.integers(0, 60), max_size=6),
+    tags=st.sampled_from([(b"<t>", b"</t>"), (b"aa", b"a"), (b"ab", b"ba"), (b"a", b"ab"), (b"t>", b"<t>")]),
+    orphan=st.booleans(),
+)
+def test_all_spans_equals_find_spans_run_by_run(parts, cuts, tags, orphan) -> None:
+    """The array path of _all_spans (runs with one opener and one closer) and its fallback give _find_spans'
+    spans, run by run, empty flags and truncation included."""
+    from scale_plugins.core.segments import _all_spans, _find_spans
+
+    data = b"".join(parts)
+    bounds = sorted([0, *(min(cut, len(data)) for cut in cuts)])  # a repeated bound: an empty run
+    run_lo = np.array(bounds, dtype=np.int64)
+    run_hi = np.append(run_lo[1:], len(data))
+    text_before = np.concatenate([[0], np.cumsum([byte not in WHITESPACE_BYTES for byte in data])]).astype(np.int64)
+    start, stop, empty, closed = _all_spans(data, run_lo, run_hi, text_before, *tags, orphan)
+    got = sorted(zip(start.tolist(), stop.tolist(), empty.tolist(), closed.tolist()))
+    expected = sorted(
+        tuple(span) for lo, hi in zip(bounds, run_hi.tolist()) for span in _find_spans(data, lo, hi, *tags, orphan)
+    )
+    assert got == expected
