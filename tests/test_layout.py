@@ -27,9 +27,6 @@ ALLOWED = {
 # The shipped code: everything but the test utilities. None of it imports `scale_plugins.testing`, not even inside a
 # function (every command runs without the `testing` extra, and test code stays out of what trains).
 SHIPPED_LAYERS = set(ALLOWED) - {"testing"}
-# Shipped modules that still import `testing`, each to be moved to the `hf` builders (`hf.offline_tokenizers`,
-# `hf.tiny_model`, `hf.args`) by its owner; the set can only shrink (test_no_shipped_module_imports_testing).
-PENDING_TESTING_IMPORTS = {"scale_plugins.tools.bench"}
 
 
 def module_name(path: Path) -> str:
@@ -133,8 +130,6 @@ def test_each_layer_imports_only_the_layers_below():
     problems = []
     for name, targets in graph().items():
         for target in targets:
-            if name in PENDING_TESTING_IMPORTS and layer(target) == "testing":
-                continue  # test_no_shipped_module_imports_testing
             if layer(target) != layer(name) and layer(target) not in ALLOWED[layer(name)]:
                 problems.append(f"{name} imports {target}")
     assert problems == []
@@ -149,8 +144,7 @@ def test_no_shipped_module_imports_testing():
         for name, targets in graph().items()
         if layer(name) in SHIPPED_LAYERS and any(layer(t) == "testing" for t in targets)
     }
-    assert importers - PENDING_TESTING_IMPORTS == set()
-    assert PENDING_TESTING_IMPORTS <= importers, "fixed: drop it from PENDING_TESTING_IMPORTS"
+    assert importers == set()
 
 
 def test_testing_re_exports_every_public_name_of_its_modules():

@@ -264,7 +264,7 @@ def tagging_throughput(tokens: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     try:
-        from ..testing import qwen_tokenizer
+        from ..hf.offline_tokenizers import qwen_tokenizer
 
         tokenizer = qwen_tokenizer(qwen3_specials=False)
     except ImportError:
@@ -470,7 +470,8 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     ``<host>:scale``."""
     from transformers import TrainerCallback
 
-    from ..testing import qwen_tokenizer, tiny_causal_lm
+    from ..hf.offline_tokenizers import qwen_tokenizer
+    from ..hf.tiny_model import tiny_causal_lm
 
     host, arm = kind.split(":")
     if args["threads"]:
