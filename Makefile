@@ -14,11 +14,13 @@ export TOKENIZERS_PARALLELISM = false
 TRL_ENV := $(VENVS)/trl
 AXOLOTL_ENV := $(VENVS)/axolotl
 LF_ENV := $(VENVS)/llamafactory
+# The sdist and the wheel built from it (`make dist`), which every host lane installs (tests/installed_wheel.py).
+DIST ?= dist
 PYTEST := -m pytest -q -p no:cacheprovider
 # DeepSpeed JIT-builds ops into TORCH_EXTENSIONS_DIR: one cache per env (they pin different versions).
 ext = TORCH_EXTENSIONS_DIR=$(abspath $(1))/torch_extensions
 
-.PHONY: demo test test-trl test-axolotl test-llamafactory lint bench env-trl env-axolotl env-llamafactory env-browser clean
+.PHONY: demo test test-trl test-axolotl test-llamafactory lint bench dist env-trl env-axolotl env-llamafactory env-browser clean
 
 $(TRL_ENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(TRL_ENV)
@@ -61,15 +63,24 @@ demo: env-trl
 ## The whole test suite, every host in its own environment.
 test: lint test-trl test-axolotl test-llamafactory
 
-test-trl: env-trl
+## The sdist, then the wheel from it: built once per `make test` (a phony prerequisite runs once per make).
+dist: env-trl
+	$(TRL_ENV)/bin/python tests/installed_wheel.py build $(DIST)
+
+# Each lane first installs the built wheel as users do (tests/installed_wheel.py): pip's resolution of it, alone and
+# with the lane's extras, into the lane's environment changes none of its packages; a smoke test from the wheel.
+test-trl: env-trl dist
+	$(TRL_ENV)/bin/python tests/installed_wheel.py check trl $(DIST)
 	$(call ext,$(TRL_ENV)) $(TRL_ENV)/bin/python $(PYTEST) tests --ignore=tests/axolotl --ignore=tests/llamafactory
 
-test-axolotl: env-axolotl
+test-axolotl: env-axolotl dist
+	$(AXOLOTL_ENV)/bin/python tests/installed_wheel.py check axolotl $(DIST)
 	$(call ext,$(AXOLOTL_ENV)) $(AXOLOTL_ENV)/bin/python $(PYTEST) tests/axolotl
 	# ScaleSFTTrainer on TRL 1.9 / transformers 5.16 (Axolotl's pins), single process
 	$(call ext,$(AXOLOTL_ENV)) $(AXOLOTL_ENV)/bin/python $(PYTEST) tests/trl -m "not distributed"
 
-test-llamafactory: env-llamafactory env-browser
+test-llamafactory: env-llamafactory env-browser dist
+	$(LF_ENV)/bin/python tests/installed_wheel.py check llamafactory $(DIST)
 	$(call ext,$(LF_ENV)) $(LF_ENV)/bin/python $(PYTEST) tests/llamafactory
 	# ScaleSFTTrainer on TRL 0.24 / transformers 5.6 (LLaMA-Factory's pins), single process
 	$(call ext,$(LF_ENV)) $(LF_ENV)/bin/python $(PYTEST) tests/trl -m "not distributed"
@@ -84,4 +95,4 @@ bench: env-trl
 	$(TRL_ENV)/bin/scale-plugins bench
 
 clean:
-	rm -rf $(VENVS) .pytest_cache
+	rm -rf $(VENVS) .pytest_cache $(DIST)
