@@ -9,7 +9,8 @@ option* (:func:`meant_as_option`) when
 * it is a near-miss of the prefix followed by an option name, exact or nearly so (``scal_schedule``,
   ``scaleschedule``, ``sclae_answer_weight_end``); unrelated keys that merely end like an option (``lr_schedule``)
   are not: the part before the option name must itself look like the prefix;
-* it is an option's own name without the prefix (``answer_weight_end``), a key that no host reads.
+* it is a SCALe-specific option's own name without the prefix (``answer_weight_end``, ``think_close_segment``;
+  not the generic ``schedule`` or ``normalization``), a key that no host reads.
 
 A host reports each such key that is not a field of its own schema with :func:`unknown_key_message`.
 """
@@ -24,6 +25,9 @@ from typing import Any
 from .options import OPTION_KEYS, PREFIX, ScaleOptions
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ScaleOptions))
+#: Option names that say SCALe by themselves (think / answer / segments): written without the prefix they are meant
+#: as SCALe options; generic ones (``schedule``, ``normalization``, ``step_at``, ``ignore_index``) are left to the host.
+DISTINCT_NAMES: tuple[str, ...] = tuple(n for n in OPTION_NAMES if any(w in n for w in ("think", "answer", "segment")))
 
 
 def _normalized(key: str) -> str:
@@ -33,7 +37,7 @@ def _normalized(key: str) -> str:
 def meant_as_option(key: str, switches: Sequence[str] = ()) -> bool:
     """Whether ``key`` is meant as a SCALe option or switch (the module's rule)."""
     norm = _normalized(key)
-    if norm.startswith(PREFIX) or norm in OPTION_NAMES:
+    if norm.startswith(PREFIX) or norm in DISTINCT_NAMES:
         return True
     if any(norm.startswith(_normalized(s).rsplit("_", 1)[0]) for s in switches):  # use_scale_loss: use_scale*
         return True
@@ -58,7 +62,7 @@ def closest_key(key: str, switches: Sequence[str] = ()) -> str | None:
     after a misspelled or missing prefix."""
     norm = _normalized(key)
     ours = [*switches, *OPTION_KEYS]
-    if norm in OPTION_NAMES:
+    if norm in DISTINCT_NAMES:
         return PREFIX + norm
     guess = difflib.get_close_matches(norm, ours, n=1, cutoff=0.6)
     if guess:
@@ -72,7 +76,7 @@ def unknown_key_message(key: str, switches: Sequence[str] = ()) -> str:
     """``<key>: unknown SCALe key; did you mean `<closest>`?`` (or the list of the keys); a key without the prefix
     says the prefix is needed."""
     guess = closest_key(key, switches)
-    missing_prefix = _normalized(key) in OPTION_NAMES
+    missing_prefix = _normalized(key) in DISTINCT_NAMES
     head = f"{key}: unknown SCALe key" + (f" (SCALe options take the prefix `{PREFIX}`)" if missing_prefix else "")
     hint = f"did you mean `{guess}`?" if guess else f"the SCALe keys are: {', '.join([*switches, *OPTION_KEYS])}."
     return f"{head}; {hint}"

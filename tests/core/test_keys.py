@@ -8,13 +8,27 @@ from scale_plugins.core.keys import closest_key, meant_as_option, options_set, u
 @pytest.mark.parametrize(
     "key",
     ["scale_schedul", "Scale_Schedule", "scale-schedule", "scal_schedule", "sclae_answer_weight_end", "scaleschedule",
-     "answer_weight_end", "think_close_segment", "Normalization", "use_scale_los"],
+     "answer_weight_end", "think_close_segment", "Empty_Think", "use_scale_los"],
 )  # fmt: skip
 def test_meant_as_option(key):
     assert meant_as_option(key, ("use_scale_loss",))
 
 
-@pytest.mark.parametrize("key", ["lr_scheduler", "learning_rate", "answer", "schedule_free", "use_cache", "loss"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "lr_scheduler",
+        "learning_rate",
+        "answer",
+        "schedule_free",
+        "use_cache",
+        "loss",
+        "schedule",
+        "normalization",
+        "step_at",
+        "ignore_index",
+    ],
+)
 def test_other_keys_are_not(key):
     assert not meant_as_option(key, ("use_scale_loss",))
 
