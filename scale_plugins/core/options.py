@@ -93,8 +93,20 @@ class ExtraSegment:
         )
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+#: The kinds of option value: a scalar of that type, or ``list`` (entries given as mappings or as text, one per line
+#: in the web UI and one per argument on a command line, in the option's ``entry_syntax``).
+KINDS: dict[str, type] = {"str": str, "float": float, "int": int, "list": list}
+
+
+def _opt(default: Any, help: str, *, kind: str | None = None, **extra: Any) -> Any:
+    """One option's dataclass field. ``kind`` is the scalar type of ``default`` unless given (``"list"`` for a
+    tuple default); a kind the hosts cannot mirror is an error here, at import, not a guess in an adapter."""
+    kind = kind or type(default).__name__
+    if kind not in KINDS:
+        raise TypeError(f"SCALe option kind {kind!r}: declare one of {sorted(KINDS)}")
+    if (kind == "list") != isinstance(default, tuple):
+        raise TypeError(f"SCALe option of kind {kind!r} with default {default!r}: list options default to a tuple")
+    return field(default=default, metadata={"help": help, "kind": kind, **extra})
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,8 @@ class ScaleOptions:
     extra_segments: tuple[ExtraSegment, ...] = _opt(
         (),
         "Extra tagged segments, each {name, open, close, weight_start, weight_end} (or 'name:<open>:</close>:w0:w1'); they take their tokens from the enclosing segment.",
+        kind="list",
+        entry_syntax="name:<open>:</close>:weight_start:weight_end",
     )
     empty_think: str = _opt(
         "ignore",
@@ -235,23 +249,51 @@ class ScaleOptions:
 
 @dataclass(frozen=True)
 class OptionField:
-    """One option as an adapter sees it: to build a config field of its own."""
+    """One option as an adapter sees it: everything a host needs to build a config field, a flag or a control of
+    its own, so that no adapter special-cases an option by its name."""
 
     name: str
+    #: ``str``, ``float``, ``int``, or ``list`` (a list of entries: :attr:`entry_syntax` as text)
     type: type
     default: Any
     help: str
     choices: tuple[str, ...] | None
+    #: (minimum, maximum) of a number, both inclusive, where the core bounds it
+    bounds: tuple[float, float] | None = None
+    #: How one entry of a list option is written as text (a command-line argument, a line of a text box)
+    entry_syntax: str | None = None
+
+    @property
+    def is_list(self) -> bool:
+        return self.type is list
+
+    @property
+    def host_default(self) -> Any:
+        """The default a host's own field declares: the core's default, ``None`` for a list option (a host field
+        cannot share a mutable default; ``None`` means "the core's default", an empty list)."""
+        return None if self.is_list else self.default
+
+    def from_ui(self, value: Any) -> Any:
+        """A value from a form control (a text box, a number field): a list option takes one entry per non-empty
+        line of its text (``None`` when there is none); a number becomes the option's type; ``None`` and an empty
+        number field stay ``None`` (the core's default)."""
+        if value is None:
+            return None
+        if self.is_list:
+            return [line.strip() for line in str(value).splitlines() if line.strip()] or None
+        if self.type in (int, float) and str(value).strip() == "":
+            return None
+        return self.type(value)
 
 
 def option_fields() -> Iterator[OptionField]:
     """The SCALe options in definition order, for adapters to mirror as config fields."""
-    types = {"str": str, "float": float, "int": int}
     for f in dataclasses.fields(ScaleOptions):
-        type_name = str(f.type)
-        typ = types.get(type_name, list)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        yield OptionField(f.name, typ, default, f.metadata["help"], f.metadata.get("choices"))
+        meta = f.metadata
+        bounds = (meta["minimum"], meta["maximum"]) if "minimum" in meta else None
+        yield OptionField(
+            f.name, KINDS[meta["kind"]], f.default, meta["help"], meta.get("choices"), bounds, meta.get("entry_syntax")
+        )
 
 
 #: The prefix every host puts before an option's name (``scale_answer_weight_end``); declared once, here.

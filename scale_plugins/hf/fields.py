@@ -12,20 +12,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import PREFIX, ScaleOptions
+from ..core import PREFIX, ScaleOptions, option_fields
 
-_CORE = {f.name: f for f in dataclasses.fields(ScaleOptions)}
+_CORE = {opt.name: opt for opt in option_fields()}
 
 
 def _arg(name: str) -> Any:
-    """A field mirroring core option ``name``: its default, and ``help`` / ``choices`` for argparse."""
-    core = _CORE[name]
-    metadata: dict[str, Any] = {"help": f"SCALe: {core.metadata['help']}"}
-    if core.metadata.get("choices"):
-        metadata["choices"] = list(core.metadata["choices"])
-    # extra_segments: a list of mappings in YAML, of 'name:<open>:</close>:w0:w1' strings on a command line
-    default = None if name == "extra_segments" else core.default
-    return dataclasses.field(default=default, metadata=metadata)
+    """A field mirroring core option ``name``: its host default, and ``help`` / ``choices`` for argparse (a list
+    option: mappings in YAML, ``entry_syntax`` strings on a command line)."""
+    opt = _CORE[name]
+    metadata: dict[str, Any] = {"help": f"SCALe: {opt.help}"}
+    if opt.choices:
+        metadata["choices"] = list(opt.choices)
+    return dataclasses.field(default=opt.host_default, metadata=metadata)
 
 
 @dataclass

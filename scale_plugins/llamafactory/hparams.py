@@ -59,9 +59,7 @@ def check_finetuning_args(args: Any) -> None:
     if not isinstance(use_scale, bool):
         raise ScaleConfigError(f"{SWITCH}: must be true or false, got {use_scale!r}")
     if not use_scale:
-        defaults = {
-            PREFIX + opt.name: (None if opt.name == "extra_segments" else opt.default) for opt in option_fields()
-        }
+        defaults = {PREFIX + opt.name: opt.host_default for opt in option_fields()}
         set_keys = [key for key in OPTION_KEYS if getattr(args, key) != defaults[key]]
         if set_keys:
             raise ScaleConfigError(

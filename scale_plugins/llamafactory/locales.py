@@ -267,7 +267,7 @@ _OPTIONS: dict[str, dict[str, tuple[str, str | None]]] = {
     },
 }
 
-_EXTRA_SEGMENTS_FORMAT = " In this box: one per line, name:<open>:</close>:weight_start:weight_end."
+_LIST_FORMAT = " In this box: one per line, {}."
 
 
 def _entry(label: str, info: str | None) -> dict[str, Any]:
@@ -293,7 +293,7 @@ def locales() -> dict[str, dict[str, dict[str, Any]]]:
         SETTINGS_TAB: {lang: _entry(_TAB[lang], None) for lang in LANGUAGES},
     }
     for opt in ui_options():
-        english = opt.help + (_EXTRA_SEGMENTS_FORMAT if opt.name == "extra_segments" else "")
+        english = opt.help + (_LIST_FORMAT.format(opt.entry_syntax) if opt.is_list else "")
         texts = _OPTIONS.get(opt.name, {})
         entry = {}
         for lang in LANGUAGES:

@@ -36,7 +36,7 @@ from llamafactory.hparams.finetuning_args import FinetuningArguments
 from llamafactory.webui import common, control, interface, runner
 from llamafactory.webui.locales import LOCALES
 
-from ..core import ScaleConfigError, ScaleOptions
+from ..core import ScaleConfigError
 from .hooks import CLI_MODULE, MARK, UnsupportedLlamaFactoryError, install, unpatched
 from .hparams import HOST_LOSSES, PREFIX, SWITCH, ScaleFinetuningArguments, check_scale_keys, parser_fields
 from .locales import LOSS_SELECTOR, SETTINGS_TAB, locales, ui_options
@@ -51,21 +51,15 @@ LOSS_CHOICES: list[tuple[str, str]] = [("Cross-entropy", "cross_entropy"), ("SCA
 ]
 
 
-def _bounds(name: str) -> tuple[float, float] | None:
-    meta = {f.name: f.metadata for f in dataclasses.fields(ScaleOptions)}[name]
-    return (meta["minimum"], meta["maximum"]) if "minimum" in meta else None
-
-
 def _control(opt: Any) -> Any:
     """One gradio component for one SCALe option, from its type, choices and bounds in the core."""
     if opt.choices:
         return gr.Dropdown(choices=list(opt.choices), value=opt.default)
-    if opt.name == "extra_segments":
+    if opt.is_list:  # one entry per line
         return gr.Textbox(value="", lines=2, max_lines=8, scale=2)
     if opt.type is float:
-        bounds = _bounds(opt.name)
-        if bounds is not None:
-            return gr.Slider(minimum=bounds[0], maximum=bounds[1], value=opt.default, step=0.01)
+        if opt.bounds is not None:
+            return gr.Slider(minimum=opt.bounds[0], maximum=opt.bounds[1], value=opt.default, step=0.01)
         return gr.Number(value=opt.default)
     if opt.type is int:
         return gr.Number(value=opt.default, precision=0)
@@ -78,9 +72,9 @@ def create_loss_controls() -> dict[str, Any]:
     with gr.Row():
         elems[LOSS_SELECTOR] = gr.Dropdown(choices=LOSS_CHOICES, value="cross_entropy", scale=1)
     with gr.Accordion(open=False) as settings:
-        # tags and choices in one row; the numbers and the multi-line extra segments in the next
+        # tags and choices in one row; the numbers and the multi-line lists in the next
         options = ui_options()
-        numeric = [opt for opt in options if opt.type in (int, float) or opt.name == "extra_segments"]
+        numeric = [opt for opt in options if opt.type in (int, float) or opt.is_list]
         for row in ([opt for opt in options if opt not in numeric], numeric):
             with gr.Row():
                 for opt in row:
@@ -105,14 +99,7 @@ def loss_args(get: Any) -> dict[str, Any]:
         return {}
     args: dict[str, Any] = {SWITCH: True}
     for opt in ui_options():
-        value = get(PREFIX + opt.name)
-        if opt.name == "extra_segments":
-            value = [line.strip() for line in (value or "").splitlines() if line.strip()] or None
-        elif opt.type is float and value is not None:
-            value = float(value)
-        elif opt.type is int and value is not None:
-            value = int(value)
-        args[PREFIX + opt.name] = value
+        args[PREFIX + opt.name] = opt.from_ui(get(PREFIX + opt.name))
     return args
 
 

@@ -11,8 +11,8 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SCALe options (see docs/options.md)")
     for opt in option_fields():
         flag = "--" + opt.name.replace("_", "-")
-        if opt.name == "extra_segments":
-            group.add_argument(flag, nargs="*", default=[], metavar="NAME:<OPEN>:</CLOSE>:W0:W1", help=opt.help)
+        if opt.is_list:
+            group.add_argument(flag, nargs="*", default=[], metavar=opt.entry_syntax, help=opt.help)
         else:
             group.add_argument(flag, type=opt.type, default=opt.default, choices=opt.choices, help=opt.help)
 

@@ -95,6 +95,56 @@ def test_every_option_is_documented():
         assert len(f.help) > 20, f.name
 
 
+def test_option_kinds_follow_the_annotations_not_the_names():
+    """What a host mirrors (type, list-ness, its own default, bounds) agrees with ScaleOptions' annotations and
+    validation, read here independently of option_fields."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(ScaleOptions)
+    defaults = ScaleOptions()
+    for opt in option_fields():
+        hint = hints[opt.name]
+        expected = list if typing.get_origin(hint) is tuple else hint
+        assert opt.type is expected, opt.name
+        assert opt.is_list == (expected is list) == (opt.entry_syntax is not None), opt.name
+        assert opt.host_default == (None if opt.is_list else getattr(defaults, opt.name)), opt.name
+        if opt.bounds is not None:
+            lo, hi = opt.bounds
+            ScaleOptions(**{opt.name: lo}), ScaleOptions(**{opt.name: hi})
+            for bad in (lo - 0.01, hi + 0.01):
+                with pytest.raises(ScaleConfigError, match=opt.name):
+                    ScaleOptions(**{opt.name: bad})
+    assert [o.name for o in option_fields() if o.is_list] == ["extra_segments"]
+    assert {o.name for o in option_fields() if o.bounds} == {"answer_weight_start", "answer_weight_end", "step_at"}
+    assert [f.name for f in dataclasses.fields(ScaleOptions)] == [o.name for o in option_fields()]
+
+
+def test_an_option_of_a_kind_no_host_can_mirror_fails_where_it_is_defined():
+    from scale_plugins.core.options import _opt
+
+    with pytest.raises(TypeError, match="kind 'bool'"):
+        _opt(True, "a switch")
+    with pytest.raises(TypeError, match="kind 'tuple'"):
+        _opt((), "a list without its kind")
+    with pytest.raises(TypeError, match="default to a tuple"):
+        _opt([], "a list with a mutable default", kind="list")
+    with pytest.raises(TypeError, match="default to a tuple"):
+        _opt("x", "a string declared as a list", kind="list")
+
+
+def test_values_from_form_controls():
+    fields = {o.name: o for o in option_fields()}
+    segments = fields["extra_segments"]
+    assert segments.from_ui("a:<a>:</a>:0.2\n\n  b:<b>:</b>  \n") == ["a:<a>:</a>:0.2", "b:<b>:</b>"]
+    assert segments.from_ui(" \n ") is None and segments.from_ui(None) is None
+    index = fields["ignore_index"].from_ui(-100.0)
+    assert index == -100 and type(index) is int
+    assert fields["answer_weight_end"].from_ui("0.7") == 0.7
+    assert fields["step_at"].from_ui("") is None
+    assert fields["schedule"].from_ui("linear") == "linear"
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "step"])
 def test_schedules_endpoints_and_monotonic(schedule):
     o = ScaleOptions(schedule=schedule)

@@ -299,3 +299,22 @@ def test_start_trains_with_scale_in_the_training_subprocess(ui, tiny, tmp_path, 
     saved = (out / "training_args.yaml").read_text()
     assert "use_scale_loss: true" in saved and "scale_schedule: linear" in saved
     assert "SCALe loss active on rank 0" in (out / "running_log.txt").read_text()
+
+
+def test_a_list_option_is_a_text_box_read_line_by_line_by_its_kind(monkeypatch):
+    """The controls and the training arguments follow each option's kind in the core, not its name: a list option
+    the web UI has never heard of gets a multi-line text box and one entry per line."""
+    from scale_plugins.core.options import OptionField
+    from scale_plugins.llamafactory import webui
+
+    extra = OptionField("stop_tags", list, (), "Tags that end a trace, one per line.", None, entry_syntax="<tag>")
+    monkeypatch.setattr(webui, "ui_options", lambda: [*option_fields(), extra])
+    with gr.Blocks():
+        box = webui._control(extra)
+        slider = webui._control(next(o for o in option_fields() if o.name == "answer_weight_end"))
+    assert isinstance(box, gr.Textbox) and box.lines == 2
+    assert isinstance(slider, gr.Slider) and (slider.minimum, slider.maximum) == (0.0, 1.0)
+    values = {webui.LOSS_SELECTOR: "scale", "scale_stop_tags": " <a>\n\n<b>\n", "scale_ignore_index": -100.0}
+    args = webui.loss_args(values.get)
+    assert args["scale_stop_tags"] == ["<a>", "<b>"] and args["scale_extra_segments"] is None
+    assert args["scale_ignore_index"] == -100 and type(args["scale_ignore_index"]) is int

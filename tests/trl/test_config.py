@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 
 import pytest
@@ -34,6 +35,24 @@ def test_config_fields_equal_the_core_options():
         assert option.metadata["help"] in field.metadata["help"], field.name
     # the SFTConfig fields keep their places: the first positional argument is still output_dir
     assert dataclasses.fields(ScaleSFTConfig)[0].name == "output_dir"
+
+
+def test_config_docstring_names_every_option_with_its_default():
+    """The docstring editors show for ScaleSFTConfig is a hand-written mirror of the core: it must not drift."""
+    from scale_plugins.core import option_fields
+
+    lines = (ScaleSFTConfig.__doc__ or "").splitlines()
+    for opt in option_fields():
+        key = PREFIX + opt.name
+        (line,) = [line for line in lines if re.search(rf"\b{key}\b", line)]
+        if opt.is_list:
+            assert "(none)" in line, key
+        elif isinstance(opt.default, str):
+            assert f'``"{opt.default}"``' in line, key
+        else:
+            assert str(opt.default) in line, key
+        for choice in opt.choices or ():
+            assert f"``{choice}``" in line or f'``"{choice}"``' in line, (key, choice)
 
 
 def test_positional_output_dir_and_scale_options(tmp_path):
