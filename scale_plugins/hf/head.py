@@ -9,28 +9,28 @@ for its backward; accelerate's device hooks are kept), and the loss the trainer 
 the tensor the model returns as ``logits``.
 
 The model's own processing after the head (Gemma's final logit soft-capping, Cohere's
-``logit_scale``, Granite's ``logits_scaling``, ``output_multiplier``) is read from the source of the
-model class's ``forward``, switched off for the call, and applied inside the fused function instead.
-After the call the value the model returned must equal the one the head returned; a model that
-changed it in some other way is not used again with the fused head (its loss is recomputed from the
-logits, and the reason is reported).
+``logit_scale``, Granite's ``logits_scaling``, ``output_multiplier``, ...) is read from the model's
+text config as TRL's own fused head reads it, verified against the model class's ``forward``,
+switched off for the call, and applied inside the fused function instead
+(:func:`scale_plugins.hf.internals.logit_processing`: every reading of transformers internals lives
+there). After the call the value the model returned must equal the one the head returned; a model
+that changed it in some other way is not used again with the fused head (its loss is recomputed from
+the logits, and the reason is reported).
 
 Falls back to the logits path (the core's chunked weighted CE over ``outputs.logits``) with a named
 reason when the head is not a plain ``torch.nn.Linear`` (a LoRA adapter or ``modules_to_save`` on
-``lm_head``, a quantized head), when the model has no output embeddings or its forward cannot be read,
-and in evaluation (predictions need the logits).
+``lm_head``, a quantized head), when the model has no output embeddings, when its forward cannot be
+read or is not seen to apply a setting its config gives, and in evaluation (predictions need the
+logits).
 
 Imports torch and transformers-level code only (no trl / axolotl / llamafactory).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 
@@ -42,6 +42,14 @@ from ..core import (
     scale_loss_from_logits,
     shift_targets,
 )
+from .internals import (
+    FusedHeadUnsupported,
+    PostKwargs,
+    attributes_set,
+    head_forward_attribute,
+    logit_processing,
+    unwrap,
+)
 
 __all__ = ["HeadLoss", "FALLBACK_NAME", "FusedHeadUnsupported", "fused_head_unsupported", "per_token_loss"]
 
@@ -49,31 +57,6 @@ __all__ = ["HeadLoss", "FALLBACK_NAME", "FusedHeadUnsupported", "fused_head_unsu
 FALLBACK_NAME = "logits_path"
 
 _UNSUPPORTED_ATTR = "_scale_fused_head_unsupported"
-
-# (regex on the model class's forward source, object holding the value, attribute, kind)
-_POST_PROCESSING: tuple[tuple[str, Callable[[Any], Any], str, str], ...] = (
-    (r"\bself\.config\.final_logit_softcapping\b", lambda m: m.config, "final_logit_softcapping", "softcap"),
-    (
-        r"\bself\.config\.text_config\.final_logit_softcapping\b",
-        lambda m: m.config.text_config,
-        "final_logit_softcapping",
-        "softcap",
-    ),
-    (r"\bself\.final_logit_softcapping\b", lambda m: m, "final_logit_softcapping", "softcap"),
-    (r"\bself\.logit_scale\b", lambda m: m, "logit_scale", "multiplier"),
-    (r"\bself\.config\.output_multiplier\b", lambda m: m.config, "output_multiplier", "multiplier"),
-    (
-        r"\bself\.config\.text_config\.output_multiplier\b",
-        lambda m: m.config.text_config,
-        "output_multiplier",
-        "multiplier",
-    ),
-    (r"\bself\.config\.logits_scaling\b", lambda m: m.config, "logits_scaling", "divisor"),
-    (r"\bself\.config\.text_config\.logits_scaling\b", lambda m: m.config.text_config, "logits_scaling", "divisor"),
-)
-_NEUTRAL = {"softcap": None, "multiplier": 1.0, "divisor": 1.0}
-# what a forward may do to the logits that the carrier check cannot see (a slice of the vocabulary)
-_UNSUPPORTED_SOURCE = re.compile(r"unpadded_vocab_size|logit_softcap\(")
 
 
 @dataclass
@@ -91,81 +74,6 @@ class HeadLoss:
     correct: torch.Tensor | None = None
 
 
-def unwrap(model: Any) -> Any:
-    """The transformers model under DDP / DeepSpeed engines, torch.compile and PEFT wrappers."""
-    for _ in range(8):
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "get_base_model") and callable(model.get_base_model):
-            model = model.get_base_model()
-        elif not hasattr(model, "get_output_embeddings") and isinstance(
-            getattr(model, "module", None), torch.nn.Module
-        ):
-            model = model.module
-        else:
-            break
-    return model
-
-
-def _forward_source(base: Any) -> str | None:
-    cls: Any = type(base)
-    return _class_forward_source(cls)
-
-
-@functools.cache
-def _class_forward_source(cls: Any) -> str | None:
-    """Read once per model class: reading source is file I/O, and this runs on every training step."""
-    try:
-        return inspect.getsource(cls.forward)
-    except (OSError, TypeError):
-        return None
-
-
-class FusedHeadUnsupported(Exception):
-    """The fused head cannot compute this model's loss; the message says why (the logits path is used instead)."""
-
-
-class _PostKwargs(TypedDict, total=False):
-    """The keyword arguments of :func:`~scale_plugins.core.fused_linear_weighted_ce` for the processing after the
-    head."""
-
-    softcap: float
-    logit_multiplier: float
-    logit_divisor: float
-
-
-def _post_processing(base: Any, source: str) -> tuple[_PostKwargs, list[tuple[Any, str, Any]]]:
-    """Keyword arguments of the fused function for the model's processing after the head, and the
-    ``(object, attribute, neutral value)`` that switch it off in the model's forward."""
-    kwargs: _PostKwargs = {}
-    neutral: list[tuple[Any, str, Any]] = []
-    for pattern, holder, attr, kind in _POST_PROCESSING:
-        if not re.search(pattern, source):
-            continue
-        obj = holder(base)
-        value = getattr(obj, attr, None)
-        if value is None or isinstance(value, torch.Tensor):
-            if isinstance(value, torch.Tensor):
-                raise FusedHeadUnsupported(f"{type(base).__name__}.{attr} is a tensor (a learned scale)")
-            continue
-        value = float(value)
-        if kind != "softcap" and value == 1.0:
-            continue
-        key = {"softcap": "softcap", "multiplier": "logit_multiplier", "divisor": "logit_divisor"}[kind]
-        if key in kwargs:
-            raise FusedHeadUnsupported(f"{type(base).__name__} applies two {kind}s after the head")
-        if key == "softcap":
-            kwargs["softcap"] = value
-        elif key == "logit_multiplier":
-            kwargs["logit_multiplier"] = value
-        else:
-            kwargs["logit_divisor"] = value
-        neutral.append((obj, attr, _NEUTRAL[kind]))
-    if "logit_multiplier" in kwargs and "logit_divisor" in kwargs:
-        raise FusedHeadUnsupported(f"{type(base).__name__} both multiplies and divides the logits")
-    return kwargs, neutral
-
-
 @dataclass
 class _FusedPlan:
     """What the fused path needs of a model it can use: the unwrapped model, its head, the head's post-processing
@@ -173,7 +81,7 @@ class _FusedPlan:
 
     base: Any
     head: torch.nn.Linear
-    post: _PostKwargs
+    post: PostKwargs
     neutral: list[tuple[Any, str, Any]]
 
 
@@ -193,14 +101,7 @@ def _fused_plan(model: Any) -> _FusedPlan:
         raise FusedHeadUnsupported(
             f"the LM head is {kind}, not a plain torch.nn.Linear (e.g. a LoRA adapter or modules_to_save on lm_head)"
         )
-    source = _forward_source(base)
-    if source is None:
-        raise FusedHeadUnsupported(f"the source of {type(base).__name__}.forward cannot be read")
-    if _UNSUPPORTED_SOURCE.search(source):
-        raise FusedHeadUnsupported(
-            f"{type(base).__name__}.forward post-processes the logits in a way the fused head does not reproduce"
-        )
-    post, neutral = _post_processing(base, source)
+    post, neutral = logit_processing(base)
     return _FusedPlan(base, head, post, neutral)
 
 
@@ -253,19 +154,15 @@ def _fused_path(
         )
         return result.loss.reshape(1, 1, 1)
 
-    # accelerate's device hooks replace `forward` and call `_old_forward`: replace that one, keep the hook
-    attr = "_old_forward" if hasattr(head, "_hf_hook") and hasattr(head, "_old_forward") else "forward"
+    # accelerate's device hooks replace `forward` and call the module's own: replace that one, keep the hook
+    attr = head_forward_attribute(head)
     had_own = attr in vars(head)
     previous = vars(head).get(attr)
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in neutral]
     setattr(head, attr, fused_forward)
     try:
-        for obj, name, value in neutral:
-            setattr(obj, name, value)
-        outputs = model(**inputs)
+        with attributes_set(neutral):
+            outputs = model(**inputs)
     finally:
-        for obj, name, value in saved:
-            setattr(obj, name, value)
         if had_own:
             setattr(head, attr, previous)
         else:

@@ -45,6 +45,7 @@ from ..core import (
     token_weights,
 )
 from .head import HeadLoss, per_token_loss
+from .internals import LOSS_KWARGS_FLAG, check_trainer
 
 logger = logging.getLogger("scale_plugins")
 
@@ -224,9 +225,10 @@ class ScaleTrainerMixin(_Host):
         self._scale_eval = _EvalLog(len(self._scale_names))
         self._scale_fallbacks: dict[str, int] = defaultdict(int)
         self._scale_warned: set[str] = set()
-        # Older transformers Trainers have no `loss_is_scaled_for_ga`; they skip the division by the
-        # accumulation steps when the model "accepts loss kwargs".
-        if "loss_is_scaled_for_ga" not in vars(transformers.Trainer):
+        # The Trainer internals the exact loss relies on (hf.internals), checked before anything trains. Older
+        # transformers Trainers have no `loss_is_scaled_for_ga`; they skip the division by the accumulation steps
+        # when the model "accepts loss kwargs".
+        if check_trainer() == LOSS_KWARGS_FLAG:
             self.model_accepts_loss_kwargs = True
         self._scale_check_parallelism()
         logger.info("SCALe active: %s", options)

@@ -16,6 +16,7 @@ from ..core import (
 )
 from ..hf import ScaleTrainerMixin
 from ..versions import warn_if_untested
+from . import internals
 from .config import ScaleSFTConfig
 
 logger = logging.getLogger("scale_plugins")
@@ -31,6 +32,9 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
     Training computes the loss in SCALe's own fused LM head (``scale_plugins.hf.head``: no [B, T, V] logits, and
     about 0.4x the peak memory of TRL 1.16's fused head, docs/performance.md). Evaluation takes the per-token
     log-probs from TRL's fused LM head where TRL has one (>= 1.16; no logits either), else from the logits.
+
+    Every TRL internal it relies on (TRL's private metrics, its fused head) is named and checked in
+    :mod:`scale_plugins.trl.internals`: a TRL without one stops here with an error naming the tested versions.
     """
 
     scale_prompt_fix = (
@@ -57,16 +61,31 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
             )
         if kwargs.get("compute_loss_func") is not None:
             raise ScaleConfigError("compute_loss_func: SCALe is the loss; do not pass another one")
+        # TRL >= 1.16: SFTTrainer adds its fused LM head (used in evaluation), and its conventions for the MoE aux
+        # loss apply
+        self._scale_trl_head = internals.check_sft_trainer()
         super().__init__(*args, **kwargs)
+        internals.check_state(self, self._scale_trl_head)
         self.scale_setup(self.args.scale_options(), self.processing_class)
-        # TRL >= 1.16: its fused LM head is there (used in evaluation) and its conventions for the MoE aux loss apply
-        self._scale_fused_head = _has_fused_head(self.model)
+        self.scale_find_trl_head()
+
+    def scale_find_trl_head(self) -> None:
+        """Whether evaluation can use TRL's fused LM head: TRL's SFTTrainer adds one and the model's forward is the
+        one it installs. Where TRL adds one but the model's forward is another, the logits are used (logged once,
+        counted in ``scale/trl_head_not_found``)."""
+        self._scale_fused_head = internals.is_patched(self.model, self._scale_trl_head)
+        if self._scale_trl_head is not None and not self._scale_fused_head:
+            self._scale_count_fallback(
+                "trl_head_not_found",
+                f"TRL's SFTTrainer adds its fused LM head ({internals.FUSED_HEAD_FUNCTION}), but the model's forward is "
+                "not the one it installs: evaluation computes the per-token CE from the logits instead",
+            )
 
     def scale_per_token_loss(
         self, model: Any, inputs: dict[str, Any], segments: SegmentBatch, weights: TokenWeights
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         inputs["use_cache"] = False
-        if getattr(self, "aux_loss_enabled", False):
+        if self.aux_loss_enabled:
             # MoE models: TRL asks for the router logits so the model returns `aux_loss` (VLM wrappers need the kwarg)
             inputs["output_router_logits"] = True
         if self._scale_fused_head and not model.training:
@@ -81,7 +100,7 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
         self, model: Any, inputs: dict[str, Any], weights: TokenWeights
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """The SCALe loss from the per-token log-probs of TRL's fused LM head (TRL >= 1.16; evaluation)."""
-        outputs = model(**inputs, fused_lm_head=True)
+        outputs = model(**inputs, **{internals.FUSED_HEAD_ARG: True})
         log_probs = outputs.log_probs  # aligned with labels[:, 1:] (or with shift_labels, same length)
         if log_probs.shape[-1] == weights.loss.shape[-1] - 1:
             log_probs = torch.nn.functional.pad(log_probs, (0, 1))
@@ -93,24 +112,23 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
 
     def scale_aux_loss(self, model: Any, outputs: Any) -> torch.Tensor | None:
         aux = getattr(outputs, "aux_loss", None)
-        if self._scale_fused_head:
+        if self._scale_trl_head is not None:
             # TRL >= 1.16 (whichever head computed the CE): its own coefficient and switch (router_aux_loss_coef)
-            if not getattr(self, "aux_loss_enabled", False) or aux is None:
+            if not self.aux_loss_enabled or aux is None:
                 return None
             weighted = self.router_aux_loss_coef * aux.float()
         else:
             weighted = super().scale_aux_loss(model, outputs)
-        if aux is not None and getattr(self, "aux_loss_enabled", False):  # TRL's own `aux_loss` metric
-            mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux.detach()).mean().item())
+        if aux is not None and self.aux_loss_enabled:  # TRL's own `aux_loss` metric
+            internals.record_aux_loss(self, aux)
         return weighted
 
     def scale_aux_loss_factor(self, training: bool) -> float:
-        if not self._scale_fused_head:
+        if self._scale_trl_head is None:
             return super().scale_aux_loss_factor(training)
         # TRL >= 1.16 adds the weighted aux loss of a micro-batch once, averaged over the accumulation steps, after
         # scaling the CE by the number of processes
-        return 1.0 / max(int(getattr(self, "current_gradient_accumulation_steps", 1) or 1), 1) if training else 1.0
+        return 1.0 / internals.gradient_accumulation_steps(self) if training else 1.0
 
     def _record_trl_metrics(
         self,
@@ -120,31 +138,9 @@ class ScaleSFTTrainer(ScaleTrainerMixin, SFTTrainer):
         correct: torch.Tensor | None,
     ) -> None:
         """TRL's own metrics (entropy, mean_token_accuracy, num_tokens), as SFTTrainer.compute_loss records them."""
-        mode = "train" if self.model.training else "eval"
-        gather = self.accelerator.gather_for_metrics
-        num_valid = gather(num_valid).sum()
-        if entropy is not None:
-            entropy = gather(entropy).sum()
-            self._metrics[mode]["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
-        if correct is not None:
-            correct = gather(correct).sum()
-            self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
-        if mode == "train":
-            if "attention_mask" in inputs:
-                tokens = gather(inputs["attention_mask"].sum()).sum().item()
-            else:
-                tokens = (
-                    gather(torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device))
-                    .sum()
-                    .item()
-                )
-            self._total_train_tokens += tokens // getattr(self, "_tp_size", 1)
-        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        internals.record_metrics(self, inputs, num_valid, entropy, correct)
 
 
 def _has_fused_head(model: Any) -> bool:
-    """Whether TRL patched the model with its fused LM head (TRL >= 1.x does at SFTTrainer init)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    forward = getattr(base, "forward", None)
-    code = getattr(getattr(forward, "__func__", forward), "__code__", None)
-    return code is not None and "fused_lm_head" in code.co_varnames
+    """Whether TRL patched ``model`` with its fused LM head (TRL >= 1.16 does at SFTTrainer init)."""
+    return internals.is_patched(model, internals.fused_head())

@@ -51,6 +51,21 @@ def gemma3_text():
     return transformers.Gemma3ForCausalLM(config)
 
 
+def gemma2_softcap():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    return Gemma2ForCausalLM(_text_config(Gemma2Config, final_logit_softcapping=2.5, tie_word_embeddings=True))
+
+
+def hyperclovax():
+    """HyperCLOVA X multiplies the logits by ``logits_scaling`` (Granite divides by it): transformers >= 5.16."""
+    import transformers
+
+    if not hasattr(transformers, "HyperCLOVAXForCausalLM"):
+        pytest.skip(f"transformers {transformers.__version__} has no HyperCLOVA X")
+    return transformers.HyperCLOVAXForCausalLM(_text_config(transformers.HyperCLOVAXConfig, logits_scaling=2.0))
+
+
 def cohere():
     from transformers import CohereConfig, CohereForCausalLM
 
@@ -77,8 +92,10 @@ MODELS = {
     "llama-tied": lambda: llama(True),
     "llama-untied": lambda: llama(False),
     "gemma3-softcap": gemma3_text,
+    "gemma2-softcap": gemma2_softcap,
     "cohere-logit-scale": cohere,
     "granite-logits-scaling": granite,
+    "hyperclovax-logits-scaling": hyperclovax,
     "vlm-qwen2_5_vl": lambda: vlm("qwen2_5_vl"),
     "vlm-llava_next": lambda: vlm("llava_next"),
     "vlm-gemma3": lambda: vlm("gemma3"),
