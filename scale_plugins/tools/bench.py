@@ -70,8 +70,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trainer", action="store_true", help="also compare whole training steps: SFTTrainer vs ScaleSFTTrainer"
     )
-    p.add_argument("--trainer-hidden", type=int, default=256)
-    p.add_argument("--trainer-seq", type=int, default=1024)
+    p.add_argument("--trainer-hidden", type=int, default=256, help="--trainer-model tiny: its hidden size")
+    p.add_argument("--trainer-seq", type=int, default=1024, help="--trainer: tokens per packed row")
+    p.add_argument(
+        "--trainer-model",
+        choices=["tiny", "gemma3"],
+        default="tiny",
+        help="--trainer on: tiny (a 2-layer Qwen2 with the full Qwen vocabulary, random weights) or gemma3 (the real "
+        "Gemma 3 270M, vocabulary 262,144, every weight trained; needs scale-plugins[gemma3], converted once by "
+        "`scale-plugins real-model --model gemma3`)",
+    )
     p.add_argument(
         "--host",
         choices=["auto", *HOSTS],
@@ -390,7 +398,11 @@ def _packed_rows(tokenizer: Any, seq: int, rows: int) -> list[dict[str, list[int
     from .inspect import encode_sample
 
     samples = [encode_sample(tokenizer, s, assistant_only_loss=True) for s in load_bundled()[:256]]
-    pad = tokenizer.pad_token_id
+    return _pack(samples, tokenizer.pad_token_id, seq, rows)
+
+
+def _pack(samples: list[tuple[list[int], list[int]]], pad: int, seq: int, rows: int) -> list[dict[str, list[int]]]:
+    """``rows`` rows of exactly ``seq`` tokens from (input ids, labels) samples, packed greedily in turn."""
     out: list[dict[str, list[int]]] = []
     ids: list[int] = []
     labels: list[int] = []
@@ -416,6 +428,45 @@ def _packed_rows(tokenizer: Any, seq: int, rows: int) -> list[dict[str, list[int
     return out
 
 
+def _text_samples() -> list[dict[str, str]]:
+    """The bundled CoT samples as prompt-completion text, for a model without a chat template (Gemma 3 base)."""
+    from ..data import load_bundled
+
+    out = []
+    for sample in load_bundled()[:256]:
+        user = next(m["content"] for m in sample["messages"] if m["role"] == "user")
+        answer = next(m["content"] for m in sample["messages"] if m["role"] == "assistant")
+        out.append({"prompt": f"Question: {user}\nAnswer: ", "completion": answer})
+    return out
+
+
+def _packed_text_rows(tokenizer: Any, seq: int, rows: int) -> list[dict[str, list[int]]]:
+    """As :func:`_packed_rows`, from :func:`_text_samples` (the completion and its end of text supervised)."""
+    encoded = []
+    for sample in _text_samples():
+        prompt = tokenizer(sample["prompt"])["input_ids"]
+        completion = tokenizer(sample["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        encoded.append((prompt + completion, [-100] * len(prompt) + completion))
+    return _pack(encoded, tokenizer.pad_token_id, seq, rows)
+
+
+def _load_trainer_model(args: dict[str, Any]) -> tuple[Any, Any, str]:
+    """The model and tokenizer of ``--trainer-model``, and how the header names them."""
+    if args.get("trainer_model", "tiny") == "gemma3":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..hf.real_model import load_gemma3
+
+        folder = load_gemma3()
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        return model, AutoTokenizer.from_pretrained(str(folder)), "Gemma 3 270M"
+    from ..hf.offline_tokenizers import qwen_tokenizer
+    from ..hf.tiny_model import tiny_causal_lm
+
+    tokenizer = qwen_tokenizer(qwen3_specials=False)
+    return tiny_causal_lm(tokenizer, hidden_size=args["trainer_hidden"], num_layers=2), tokenizer, "tiny Qwen2"
+
+
 def _host_trainer(host: str, scale: bool, model: Any, tokenizer: Any, args: dict[str, Any]) -> Any:
     """The Axolotl / LLaMA-Factory trainer of one arm."""
     import datasets
@@ -423,7 +474,11 @@ def _host_trainer(host: str, scale: bool, model: Any, tokenizer: Any, args: dict
 
     from ..core import ScaleOptions
 
-    rows = _packed_rows(tokenizer, args["trainer_seq"], args["batch"] * (args["repeats"] + 2))
+    n_rows = args["batch"] * (args["repeats"] + 2)
+    if tokenizer.chat_template:
+        rows = _packed_rows(tokenizer, args["trainer_seq"], n_rows)
+    else:
+        rows = _packed_text_rows(tokenizer, args["trainer_seq"], n_rows)
     data = datasets.Dataset.from_list(rows)
     common = _common_args(args)
     if host == "axolotl":
@@ -470,14 +525,10 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     ``<host>:scale``."""
     from transformers import TrainerCallback
 
-    from ..hf.offline_tokenizers import qwen_tokenizer
-    from ..hf.tiny_model import tiny_causal_lm
-
     host, arm = kind.split(":")
     if args["threads"]:
         torch.set_num_threads(args["threads"])
-    tokenizer = qwen_tokenizer(qwen3_specials=False)
-    model = tiny_causal_lm(tokenizer, hidden_size=args["trainer_hidden"], num_layers=2)
+    model, tokenizer, _ = _load_trainer_model(args)
     if host == "trl":
         import datasets
         from trl import SFTConfig, SFTTrainer
@@ -485,8 +536,12 @@ def _trainer_arm(kind: str, args: dict[str, Any]) -> dict[str, Any]:
         from ..data import load_bundled
         from ..trl import ScaleSFTConfig, ScaleSFTTrainer
 
-        data = datasets.Dataset.from_list([{"messages": s["messages"]} for s in load_bundled()[:256]])
-        common = dict(_common_args(args), packing=True, max_length=args["trainer_seq"], assistant_only_loss=True)
+        common = dict(_common_args(args), packing=True, max_length=args["trainer_seq"])
+        if tokenizer.chat_template:
+            data = datasets.Dataset.from_list([{"messages": s["messages"]} for s in load_bundled()[:256]])
+            common["assistant_only_loss"] = True
+        else:  # prompt-completion text: TRL trains the completion
+            data = datasets.Dataset.from_list(_text_samples())
         config_cls, trainer_cls = (SFTConfig, SFTTrainer) if arm == "stock" else (ScaleSFTConfig, ScaleSFTTrainer)
         trainer = trainer_cls(model=model, args=config_cls(**common), train_dataset=data, processing_class=tokenizer)
         from ..trl.trainer import _has_fused_head
@@ -544,7 +599,7 @@ def _estimate(args: dict[str, Any]) -> str:
     """What the loss part should hold, from the shapes alone."""
     from ..core.fused import CHUNK_VALUES
 
-    vocab = 151680
+    vocab = 262144 if args.get("trainer_model") == "gemma3" else 151680
     n = args["batch"] * args["trainer_seq"]
     full = n * vocab * 4
     chunk = min(n, max(1, CHUNK_VALUES // vocab)) * vocab * 4
@@ -558,11 +613,14 @@ def _estimate(args: dict[str, Any]) -> str:
 def run_trainer_bench(args: dict[str, Any]) -> dict[str, dict[str, Any]]:
     host = resolve_host(args.get("host", "auto"))
     stock_name, scale_name, stock_loss = HOSTS[host]
+    if args.get("trainer_model") == "gemma3":
+        model = "Gemma 3 270M (real weights, every weight trained, vocab 262,144)"
+    else:
+        model = f"tiny Qwen2 (hidden {args['trainer_hidden']}, 2 layers, vocab 151,680)"
     print(
         f"trainers ({host}: {_versions(host)}): stock {stock_name} ({stock_loss}) vs {scale_name};"
-        f" tiny Qwen2 (hidden {args['trainer_hidden']}, 2 layers, vocab 151,680), packed batch {args['batch']} x"
-        f" {args['trainer_seq']}, median step time of {args['repeats']} steps after 2 warm-up steps, each arm in its"
-        " own process"
+        f" {model}, packed batch {args['batch']} x {args['trainer_seq']}, median step time of {args['repeats']} steps"
+        " after 2 warm-up steps, each arm in its own process"
     )
     print(_estimate(args))
     kinds = [f"{host}:stock", f"{host}:scale"]

@@ -1,12 +1,16 @@
 """``scale-plugins study``: the powered SFT comparison (vanilla vs SCALe, budgets as a curve, paired statistics),
-resumable, one results file per model; docs/results.md (part 1) is generated from that file."""
+resumable, one results file per model; docs/results.md (part 1) is generated from that file. A front of the one
+study runner (:mod:`.paper.study`), like ``bench-paper``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from pathlib import Path
 
 from .paper import study
+from .paper.models import MODELS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,9 +19,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=sorted(study.DESIGNS),
         default="powered",
         help="powered: the study of docs/results.md (2 families, budgets 24/48/96 steps, 8 seeds at 96, 200 held-out "
-        "questions per family); smoke: the same pipeline in a few minutes (tests)",
+        "questions per family); smoke: the same pipeline in a few minutes (tests); short / scratch: the designs of "
+        "docs/results.md parts 2 and 3 (bench-paper's)",
     )
-    p.add_argument("--model", choices=sorted(study.MODEL_NAMES), default="smollm2")
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default=None,
+        help="run the design on this model (an entry of scale_plugins/tools/paper/models.py; default: the design's), "
+        "into its own results file",
+    )
     p.add_argument(
         "--results",
         default=None,
@@ -32,6 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="torch CPU threads (default: the CPUs, at most 2; give a study 1 while you work beside it)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="how many families train side by side, one process each, appending to the same results file",
     )
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (then report)")
     p.add_argument(
@@ -48,11 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(ns: argparse.Namespace) -> int:
     design = study.DESIGNS[ns.design]
-    if ns.model != design.model:
-        raise SystemExit(f"--design {ns.design} is a {design.model} design")
+    if ns.model is not None:
+        design = dataclasses.replace(design, model=ns.model)
     if ns.report:
-        from pathlib import Path
-
         path = Path(ns.results or study.default_results_path(design))
         result = study.report(study.load(path))
         if ns.update_docs:
@@ -64,8 +79,10 @@ def main(ns: argparse.Namespace) -> int:
         results=ns.results,
         families=ns.family,
         arms=ns.arms,
-        threads=ns.threads or max(1, min(2, os.cpu_count() or 1)),
+        threads=ns.threads or max(1, min(2, (os.cpu_count() or 1) // max(1, ns.jobs))),
         max_runs=ns.max_runs,
         update_docs=ns.update_docs,
+        design=design,
+        jobs=ns.jobs,
     )
     return 0

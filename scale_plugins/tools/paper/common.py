@@ -1,5 +1,5 @@
-"""What both bench-paper modes share (:mod:`.scratch`, :mod:`.pretrained`): greedy generation, held-out segment CE,
-timing, per-arm statistics, the run's metadata and the plots' building blocks."""
+"""The building blocks of the study runner (:mod:`.study`, :mod:`.train`): greedy generation, held-out segment CE,
+timing, the GRPO stage, the device and precision checks, completions files and the plotting backend."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import copy
 import functools
 import json
 import logging
-import math
 import os
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -108,9 +105,15 @@ def pyplot() -> Any:
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int, batch_size: int, dtype: Any = None
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[dict]] | list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    dtype: Any = None,
 ) -> list[str]:
-    """Greedy, batched (left padding) completions of chat prompts; ``dtype``: run a copy of the model in it
+    """Greedy, batched (left padding) completions of chat prompts (through the chat template) or of plain text
+    prompts (as they are, with the tokenizer's special tokens such as BOS); ``dtype``: run a copy of the model in it
     (bfloat16 is 2-3x faster than float32 on a CPU with AVX512-BF16)."""
     import torch
 
@@ -119,11 +122,13 @@ def generate(
     if dtype is not None:
         model = copy.deepcopy(model).to(dtype)
     model.eval()
-    texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    plain = all(isinstance(p, str) for p in prompts)
+    texts = [p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+             for p in prompts]  # fmt: skip
     out: list[str] = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=plain)
             enc = enc.to(model.device)
             gen = model.generate(
                 **enc,
@@ -203,77 +208,6 @@ def grpo_train(
 # -- statistics and metadata ----------------------------------------------------------------------------------
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    """``{"mean", "std" (sample; 0 for one value), "n"}``."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
-
-
-def summarize_arms(records: list[dict[str, Any]], arms: tuple[str, ...], keys: tuple[str, ...]) -> dict[str, Any]:
-    """``{arm: {key: mean_std}}`` in the order of ``arms``; a key is left out where a record lacks it (or has None)."""
-    out: dict[str, Any] = {}
-    for arm in arms:
-        rows = [r for r in records if r["arm"] == arm]
-        if not rows:
-            continue
-        out[arm] = {}
-        for key in keys:
-            values = [float(r[key]) for r in rows if r.get(key) is not None]
-            if len(values) == len(rows):
-                out[arm][key] = mean_std(values)
-    return out
-
-
-def step_curve(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[float]]:
-    """Mean and std over ``records`` (SFT arms, one per seed) of ``key`` at each logged step of their log history."""
-    per_step: dict[float, list[float]] = {}
-    for r in records:
-        for row in r["log_history"]:
-            if key in row and "step" in row and "train_runtime" not in row:
-                per_step.setdefault(row["step"], []).append(float(row[key]))
-    steps = sorted(per_step)
-    stats = [mean_std(per_step[s]) for s in steps]
-    return steps, [m["mean"] for m in stats], [m["std"] for m in stats]
-
-
-def json_default(obj: Any) -> Any:
-    """``json.dumps`` default: non-finite floats become null, anything else its ``str``."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return str(obj)
-
-
-def package_version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """What the results depend on: cores, threads, library versions, platform, load at the end of the run."""
-    import torch
-    import transformers
-
-    return {
-        "nproc": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": package_version("trl"),
-        "peft": package_version("peft"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cuda": torch.cuda.is_available(),
-        "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
 def quiet_libraries(threads: int) -> None:
     """Torch threads, offline, no progress bars or library chatter: the run prints its own progress."""
     import datasets
@@ -291,28 +225,3 @@ def quiet_libraries(threads: int) -> None:
 
 
 # -- plots ----------------------------------------------------------------------------------------------------
-
-
-def accuracy_vs_time_panel(
-    ax: Any, records: list[dict[str, Any]], summary: dict[str, Any], labels: dict[str, str], colours: dict[str, str]
-) -> None:
-    """One panel: each seed a faint dot, each arm its mean ± std over seeds (time on x, accuracy on y)."""
-    for arm, m in summary.items():
-        rows = [r for r in records if r["arm"] == arm]
-        ax.scatter(
-            [r["total_time_s"] for r in rows], [100 * r["accuracy"] for r in rows], color=colours[arm], alpha=0.35, s=16
-        )
-        ax.errorbar(
-            m["total_time_s"]["mean"],
-            100 * m["accuracy"]["mean"],
-            xerr=m["total_time_s"]["std"],
-            yerr=100 * m["accuracy"]["std"],
-            fmt="o",
-            color=colours[arm],
-            capsize=4,
-            markersize=8,
-            label=labels[arm],
-        )
-    ax.set_xlabel("training wall time, SFT + GRPO (s, CPU)")
-    ax.set_ylabel("held-out answer accuracy (%)")
-    ax.grid(alpha=0.3)

@@ -1,26 +1,31 @@
-"""``scale-plugins study``: the powered comparison of docs/results.md (part 1), budgets as a curve.
+"""The one runner of the comparison studies (docs/results.md): ``scale-plugins study`` and ``scale-plugins bench-paper``.
 
-One resumable command. Every finished run is appended to one JSON file per model (``docs/results/<model>.json`` in
-the repository; ``--results`` elsewhere) with the per-question correctness that the paired tests need; the tables,
-the plot and the sentences quoted in docs/results.md and README are generated from that file alone
-(:func:`report`, ``scale-plugins study --report``), and a test keeps the docs equal to it.
+A study is a model (an entry of :data:`.models.MODELS`) and a design (:data:`DESIGNS`: task families, data sizes,
+SFT budgets, learning-rate grid, seeds, arms, an optional GRPO stage). One resumable command: every finished run is
+appended to one JSON results file (``docs/results/<model>.json`` for ``study``, ``<output-dir>/results.json`` for
+``bench-paper``) with the per-question correctness that the paired tests need; the tables, the plots and the
+sentences quoted in docs/results.md and README are generated from that file alone (:func:`report`,
+``scale-plugins study --report``), and a test keeps the docs equal to it.
 
-The design (:data:`DESIGNS`) was written down before any SCALe run of this study:
+The rules (written down before any SCALe run of the powered study, ``DESIGNS["powered"]``):
 
 1. **Vanilla-only settings.** For every family and SFT budget, vanilla SFT (TRL's ``SFTTrainer``) trains on seed 0
    at each learning rate of ``lr_grid``; the best dev accuracy wins, ties go to the smaller rate. That rate is the
    budget's rate for **every** arm (vanilla and SCALe alike), so each paired difference compares two methods under
-   the same settings. The tuning run at the chosen rate is vanilla's seed-0 run.
-2. **Arms** (:data:`ARMS`), all with that rate, the same data, data order and LoRA init per seed: vanilla SFT;
-   SCALe-SFT at its defaults; SCALe-SFT with the closer trained as answer (``think_close_segment=answer``); and
-   vanilla / SCALe with a constant learning rate after the warm-up (at ``const_budget``), which shows whether
-   SCALe's answer weight peaking when a cosine rate is near zero matters.
+   the same settings. The tuning run at the chosen rate is vanilla's seed-0 run. A grid of one rate needs no tuning.
+2. **Arms** (:data:`ARMS`), all with that rate, the same data, data order and init (LoRA or, from scratch, the
+   whole model) per seed: vanilla SFT; SCALe-SFT at its defaults; SCALe-SFT with the closer trained as answer
+   (``think_close_segment=answer``); vanilla / SCALe with a constant learning rate after the warm-up (at
+   ``const_budget``), which shows whether SCALe's answer weight peaking when a cosine rate is near zero matters;
+   SCALe with token normalization; and a GRPO stage after vanilla or SCALe SFT.
 3. **Budgets**: each budget is its own run with its own schedules (SCALe's cosine reaches its end in every run).
    ``claim_seeds`` seeds at ``claim_budget`` (the budget the claim rests on), ``curve_seeds`` at the others.
 4. **Statistics** (:mod:`.stats`): inside each seed, an exact McNemar test on the held-out questions; across seeds,
    the mean paired difference with its 95% t interval and an exact sign-flip p-value.
 5. **The closing-tag default**: on the dev split (seed 0, every family and budget), the ``think_close_segment``
    setting with fewer malformed outputs wins, ties to the higher dev accuracy, then to ``think`` (unchanged).
+
+No machine rates in code: the time estimate comes from a step, a load and a generation measured on the machine.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -39,32 +46,52 @@ from pathlib import Path
 from typing import Any
 
 from . import stats, tasks
-
-MODEL_NAMES = {"smollm2": "SmolLM2-135M-Instruct"}
+from .models import MODELS, ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
     label: str
-    trainer: str  # "sft" (TRL's SFTTrainer) or "scale_sft" (ScaleSFTTrainer)
+    #: "sft" (TRL's SFTTrainer), "scale_sft" (ScaleSFTTrainer) or "none" (the base model as it is: greedy decoding
+    #: makes it the same for every seed and budget, so it runs once per family, at the claim budget's seed 0)
+    trainer: str
     scale_options: tuple[tuple[str, Any], ...] = ()
     lr_scheduler: str = "cosine"
+    #: the SFT arm this arm continues with a GRPO stage (None: SFT only)
+    grpo_after: str | None = None
 
 
 ARMS: dict[str, Arm] = {
+    "zero_shot": Arm("zero-shot", "none"),
     "sft": Arm("vanilla SFT", "sft"),
     "scale_sft": Arm("SCALe-SFT (defaults)", "scale_sft"),
     "scale_close": Arm("SCALe-SFT, closer as answer", "scale_sft", (("think_close_segment", "answer"),)),
     "sft_const": Arm("vanilla SFT, constant LR", "sft", lr_scheduler="constant_with_warmup"),
     "scale_const": Arm("SCALe-SFT, constant LR", "scale_sft", lr_scheduler="constant_with_warmup"),
+    "scale_token": Arm("SCALe-SFT, token norm.", "scale_sft", (("normalization", "token"),)),
+    "sft_grpo": Arm("vanilla SFT + GRPO", "sft", grpo_after="sft"),
+    "scale_sft_grpo": Arm("SCALe-SFT + GRPO", "scale_sft", grpo_after="scale_sft"),
 }
 COSINE_ARMS = ("sft", "scale_sft", "scale_close")
 CONST_ARMS = ("sft_const", "scale_const")
-#: the paired differences reported: (arm, baseline)
-PAIRS = (("scale_sft", "sft"), ("scale_close", "sft"), ("scale_close", "scale_sft"), ("scale_const", "sft_const"))
-REGIMES = {"mc": "answer-bound", "arith": "trace-bound", "user": "your data"}
-COLOURS = {"sft": "tab:blue", "scale_sft": "tab:orange", "scale_close": "tab:red", "sft_const": "tab:cyan",
-           "scale_const": "tab:brown"}  # fmt: skip
+#: the paired differences reported: (arm, baseline); the last one is the paper's "SCALe-SFT as good as SFT + GRPO"
+PAIRS = (("scale_sft", "sft"), ("scale_close", "sft"), ("scale_close", "scale_sft"), ("scale_const", "sft_const"),
+         ("scale_token", "sft"), ("scale_sft_grpo", "sft_grpo"), ("scale_sft", "sft_grpo"))  # fmt: skip
+REGIMES = {"mc": "answer-bound", "arith": "trace-bound", "arith_small": "trace-bound", "user": "your data"}
+COLOURS = {"zero_shot": "tab:gray", "sft": "tab:blue", "scale_sft": "tab:orange", "scale_close": "tab:red", "sft_const": "tab:cyan",
+           "scale_const": "tab:brown", "scale_token": "tab:olive", "sft_grpo": "tab:purple",
+           "scale_sft_grpo": "tab:pink"}  # fmt: skip
+#: the metrics of every run besides accuracy and the malformed / dropped-closer rates (which come from the
+#: per-question results), as the record stores them and the report's diagnostics table shows them
+METRICS = {
+    "mean_think_tokens": "think tokens",
+    "trace_accuracy": "trace correct",
+    "answer_trace_agreement": "answer = trace",
+    "think_ce": "held-out think CE",
+    "answer_ce": "held-out answer CE",
+    "sft_time_s": "SFT time (s)",
+    "grpo_time_s": "GRPO time (s)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,33 +115,86 @@ class Design:
     max_new_tokens: int
     eval_batch_size: int
     target_accuracy: float
+    # fields added after the powered study started: their defaults are its settings (its results file, which lacks
+    # them, reads as before) and they enter the fingerprint only where a design sets them otherwise
+    arms: tuple[str, ...] = COSINE_ARMS
+    const_arms: tuple[str, ...] = CONST_ARMS
+    #: explicit seeds at every budget (``bench-paper --seeds``) instead of ``curve_seeds`` / ``claim_seeds``
+    seeds: tuple[int, ...] | None = None
+    warmup_divisor: int = 10  # warm-up steps: budget // warmup_divisor (at least 1)
+    grpo_steps: int = 0
+    grpo_prompts_per_step: int = 0
+    num_generations: int = 0
+    grpo_learning_rate: float = 0.0
+    #: SCALe options of every SCALe arm (``bench-paper --scale-set``), under the arm's own
+    scale_options: tuple[tuple[str, Any], ...] = ()
+    #: your data (family ``user``): JSONL files and the gold answer column
+    train_file: str | None = None
+    eval_file: str | None = None
+    answer_column: str | None = None
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields that decide a run's result (not how many seeds run)."""
+        """The fields that decide a run's result (not how many seeds run); user data by its content."""
         keep = ("model", "n_train", "n_dev", "n_eval", "batch_size", "lr_grid", "lora_r", "max_new_tokens")
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items() if k in keep}
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items() if k in keep}
+        for name in ("warmup_divisor", "grpo_steps", "grpo_prompts_per_step", "num_generations", "grpo_learning_rate"):
+            if getattr(self, name) != _DEFAULTS[name]:
+                out[name] = getattr(self, name)
+        if self.scale_options:
+            out["scale_options"] = dict(self.scale_options)
+        if self.train_file is not None:
+            out["data"] = {
+                "train_sha256": _sha256(self.train_file),
+                "eval_sha256": _sha256(self.eval_file),
+                "answer_column": self.answer_column,
+            }
+        return out
 
+    def seeds_at(self, budget: int) -> tuple[int, ...]:
+        if self.seeds is not None:
+            return self.seeds
+        return tuple(range(self.claim_seeds if budget == self.claim_budget else self.curve_seeds))
+
+
+def _sha256(path: str | None) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+
+
+def design_from_dict(saved: dict[str, Any]) -> Design:
+    """The :class:`Design` a results file holds (its JSON lists as tuples; fields it lacks at their defaults)."""
+    names = {f.name for f in dataclasses.fields(Design)}
+
+    def value(v: Any) -> Any:
+        return tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+
+    return Design(**{k: value(v) for k, v in saved.items() if k in names})
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Design)}
+
+#: docs/results.md part 1
+_POWERED = Design(
+    model="smollm2",
+    families=("mc", "arith"),
+    n_train=1000,
+    n_dev=48,
+    n_eval=200,
+    budgets=(24, 48, 96),
+    claim_budget=96,
+    claim_seeds=8,
+    curve_seeds=3,
+    const_budget=96,
+    const_seeds=3,
+    batch_size=8,
+    lr_grid=(5e-4, 1.5e-3, 4.5e-3),
+    lora_r=16,
+    max_new_tokens=100,
+    eval_batch_size=50,
+    target_accuracy=0.7,
+)
 
 DESIGNS: dict[str, Design] = {
-    "powered": Design(
-        model="smollm2",
-        families=("mc", "arith"),
-        n_train=1000,
-        n_dev=48,
-        n_eval=200,
-        budgets=(24, 48, 96),
-        claim_budget=96,
-        claim_seeds=8,
-        curve_seeds=3,
-        const_budget=96,
-        const_seeds=3,
-        batch_size=8,
-        lr_grid=(5e-4, 1.5e-3, 4.5e-3),
-        lora_r=16,
-        max_new_tokens=100,
-        eval_batch_size=50,
-        target_accuracy=0.7,
-    ),
+    "powered": _POWERED,
     "smoke": Design(
         model="smollm2",
         families=("mc",),
@@ -133,6 +213,101 @@ DESIGNS: dict[str, Design] = {
         max_new_tokens=8,
         eval_batch_size=4,
         target_accuracy=0.7,
+        grpo_steps=1,
+        grpo_prompts_per_step=1,
+        num_generations=2,
+        grpo_learning_rate=1e-5,
+    ),
+    # docs/results.md, Gemma 3: the powered design's families, sizes, rate grid and statistics on a second model, at
+    # one SFT budget (the largest of the powered curve), 3 seeds; the rate chosen on vanilla alone, as there
+    "gemma3": dataclasses.replace(
+        _POWERED,
+        model="gemma3",
+        budgets=(96,),
+        claim_seeds=3,
+        const_seeds=0,
+        arms=("sft", "scale_sft", "scale_close"),
+        const_arms=(),
+    ),
+    # docs/results.md part 2 (12 SFT steps, 32 questions: too small to decide anything), bench-paper's default for a
+    # pretrained model; the settings of that study, with every arm at the tuned rate
+    "short": Design(
+        model="smollm2",
+        families=("mc", "arith"),
+        n_train=400,
+        n_dev=16,
+        n_eval=32,
+        budgets=(12,),
+        claim_budget=12,
+        claim_seeds=3,
+        curve_seeds=3,
+        const_budget=12,
+        const_seeds=0,
+        batch_size=8,
+        lr_grid=(1.5e-3, 4.5e-3),
+        lora_r=16,
+        max_new_tokens=100,
+        eval_batch_size=32,
+        target_accuracy=0.7,
+        arms=("zero_shot", "sft", "scale_sft", "scale_token", "sft_grpo", "scale_sft_grpo"),
+        const_arms=(),
+        grpo_steps=2,
+        grpo_prompts_per_step=2,
+        num_generations=4,
+        grpo_learning_rate=1e-5,
+    ),
+    # docs/results.md part 3: the tiny model from scratch (bench-paper --model tiny)
+    "scratch": Design(
+        model="tiny",
+        families=("arith_small",),
+        n_train=4000,
+        n_dev=0,
+        n_eval=256,
+        budgets=(500,),
+        claim_budget=500,
+        claim_seeds=3,
+        curve_seeds=3,
+        const_budget=500,
+        const_seeds=0,
+        batch_size=16,
+        lr_grid=(3e-3,),
+        lora_r=0,
+        max_new_tokens=128,
+        eval_batch_size=64,
+        target_accuracy=0.7,
+        arms=("sft", "scale_sft", "sft_grpo", "scale_sft_grpo"),
+        const_arms=(),
+        warmup_divisor=20,
+        grpo_steps=20,
+        grpo_prompts_per_step=4,
+        num_generations=4,
+        grpo_learning_rate=2e-5,
+    ),
+    "scratch-smoke": Design(
+        model="tiny",
+        families=("arith_small",),
+        n_train=64,
+        n_dev=0,
+        n_eval=8,
+        budgets=(4,),
+        claim_budget=4,
+        claim_seeds=2,
+        curve_seeds=2,
+        const_budget=4,
+        const_seeds=0,
+        batch_size=4,
+        lr_grid=(3e-3,),
+        lora_r=0,
+        max_new_tokens=16,
+        eval_batch_size=8,
+        target_accuracy=0.7,
+        arms=("sft", "scale_sft", "sft_grpo", "scale_sft_grpo"),
+        const_arms=(),
+        warmup_divisor=20,
+        grpo_steps=1,
+        grpo_prompts_per_step=2,
+        num_generations=2,
+        grpo_learning_rate=1e-4,
     ),
 }
 
@@ -151,31 +326,42 @@ class Planned:
 
 
 def plan(design: Design, families: tuple[str, ...] | None = None, arms: tuple[str, ...] | None = None) -> list[Planned]:
-    """Every run of the study, in the order they run: the vanilla-only tuning first (it fixes each budget's rate),
-    then the curve seeds at every budget, the remaining seeds at the claim budget, then the constant-LR arms."""
+    """Every run of the study, in the order they run: the vanilla-only tuning first (it fixes each budget's rate; a
+    grid of one rate has none), then the curve seeds at every budget, the remaining seeds at the claim budget, then
+    the constant-LR arms."""
     families = families or design.families
     wanted = arms or tuple(ARMS)
+    tuned = len(design.lr_grid) > 1
     out: list[Planned] = []
-    for budget in design.budgets:
-        for family in families:
-            out += [Planned(family, "sft", 0, budget, lr, tuning=True) for lr in design.lr_grid]
+    if tuned:
+        for budget in design.budgets:
+            for family in families:
+                out += [Planned(family, "sft", 0, budget, lr, tuning=True) for lr in design.lr_grid]
 
     def arm_runs(seed: int, budget: int, names: tuple[str, ...]) -> list[Planned]:
-        # vanilla's seed-0 run is its tuning run at the chosen rate
+        # vanilla's seed-0 run is its tuning run at the chosen rate; the untrained arm runs once (see Arm.trainer)
         return [
             Planned(f, a, seed, budget, None)
             for f in families
             for a in names
-            if a in wanted and not (a == "sft" and seed == 0)
+            if a in wanted and not (tuned and a == "sft" and seed == 0) and ARMS[a].trainer != "none"
         ]
 
-    for seed in range(design.curve_seeds):
-        for budget in design.budgets:
-            out += arm_runs(seed, budget, COSINE_ARMS)
-    for seed in range(design.curve_seeds, design.claim_seeds):
-        out += arm_runs(seed, design.claim_budget, COSINE_ARMS)
+    if "zero_shot" in design.arms and "zero_shot" in wanted:
+        out += [Planned(f, "zero_shot", 0, design.claim_budget, design.lr_grid[0]) for f in families]
+
+    if design.seeds is not None:
+        for seed in design.seeds:
+            for budget in design.budgets:
+                out += arm_runs(seed, budget, design.arms)
+    else:
+        for seed in range(design.curve_seeds):
+            for budget in design.budgets:
+                out += arm_runs(seed, budget, design.arms)
+        for seed in range(design.curve_seeds, design.claim_seeds):
+            out += arm_runs(seed, design.claim_budget, design.arms)
     for seed in range(design.const_seeds):
-        out += arm_runs(seed, design.const_budget, CONST_ARMS)
+        out += arm_runs(seed, design.const_budget, design.const_arms)
     return list(dict.fromkeys(out))
 
 
@@ -212,20 +398,21 @@ def load(path: Path) -> dict[str, Any]:
 
 def _check_design(data: dict[str, Any], design_name: str, design: Design, path: Path) -> None:
     """One results file = one design on one kind of device and precision (paired runs must not differ in them)."""
-    from .common import bf16_is_fast, on_cuda
+    from .common import on_cuda
 
     saved = data.get("design")
     if saved is not None and saved.get("fingerprint") != design.fingerprint():
         raise SystemExit(
             f"{path} holds runs of another design ({saved.get('name')}: {saved.get('fingerprint')}); "
-            f"pass --results with a new file for design {design_name!r}"
+            f"use a new results file for design {design_name!r} (study: --results; bench-paper: --output-dir, or "
+            "leave out --resume to start afresh)"
         )
-    here = ("cuda" if on_cuda() else "cpu", "bf16" if bf16_is_fast() else "fp32")
+    here = ("cuda" if on_cuda() else "cpu", MODELS[design.model].precision())
     there = {(r["device"], r["precision"]) for r in data.get("runs", [])}
     if there and there != {here}:
         raise SystemExit(
-            f"{path} holds runs made on {sorted(there)}; this machine trains on {here}: pass --results with a new "
-            "file (paired runs must not differ in device or precision)"
+            f"{path} holds runs made on {sorted(there)}; this machine trains on {here}: use a new results file "
+            "(study: --results; bench-paper: --output-dir; paired runs must not differ in device or precision)"
         )
 
 
@@ -249,7 +436,9 @@ def append_run(path: Path, design_name: str, design: Design, record: dict[str, A
 
 def chosen_lr(runs: list[dict[str, Any]], family: str, budget: int, grid: tuple[float, ...]) -> float | None:
     """The budget's rate: vanilla seed-0 tuning runs, best dev accuracy, ties to the smaller rate; None until every
-    rate of the grid has run."""
+    rate of the grid has run (a grid of one rate: that rate)."""
+    if len(grid) == 1:
+        return grid[0]
     tried = {r["lr"]: r for r in runs if r.get("tuning") and r["family"] == family and r["sft_steps"] == budget}
     if any(lr not in tried for lr in grid):
         return None
@@ -282,17 +471,33 @@ def closing_tag_choice(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 # -- one run ----------------------------------------------------------------------------------------------------
 
 
-def per_question(completions: list[str], samples: list[dict[str, Any]]) -> dict[str, list[bool]]:
-    """Per held-out question: correct (``accuracy_reward``), malformed (``format_reward == 0``) and dropped closer
-    (malformed with a ``<think>`` opener and no ``</think>``)."""
-    from ...rewards import accuracy_reward, format_reward
+def score(family: str, completions: list[str], samples: list[dict[str, Any]], tokenizer: Any) -> dict[str, Any]:
+    """Per question: correct (``accuracy_reward``), malformed (``format_reward == 0``) and dropped closer (malformed
+    with a ``<think>`` opener and no ``</think>``); overall: the mean think length (tokens through ``</think>``) and,
+    for the built-in families, trace correct (the trace's last number is the gold value) and answer = trace (the
+    answer stands for the trace's value)."""
+    from ...rewards import accuracy_reward, extract_answer, format_reward
+    from .common import think_part
 
     acc = accuracy_reward(completions, solution=[s["solution"] for s in samples])
     fmt = format_reward(completions)
+    think_tokens, trace_ok, agree = [], [], []
+    for text, sample in zip(completions, samples):
+        think = think_part(text)
+        think_tokens.append(len(tokenizer(think, add_special_tokens=False)["input_ids"]))
+        value = tasks.trace_value(family, think)
+        if "value" in sample:
+            trace_ok.append(value is not None and value == sample["value"])
+            answer = tasks.answer_value(family, extract_answer(text), sample)
+            agree.append(value is not None and answer is not None and answer == value)
+    n = max(len(completions), 1)
     return {
         "correct": [bool(a) for a in acc],
         "malformed": [f == 0.0 for f in fmt],
         "dropped_closer": [f == 0.0 and "<think>" in c and "</think>" not in c for c, f in zip(completions, fmt)],
+        "mean_think_tokens": sum(think_tokens) / n,
+        "trace_accuracy": sum(trace_ok) / n if trace_ok else None,
+        "answer_trace_agreement": sum(agree) / n if trace_ok else None,
     }
 
 
@@ -300,57 +505,67 @@ def _bits(flags: list[bool]) -> str:
     return "".join("1" if f else "0" for f in flags)
 
 
-def run_one(design: Design, planned: Planned, lr: float, data: tuple[list, list, list], threads: int) -> dict[str, Any]:
-    """Train one arm, evaluate it (held-out; dev too for the tuning runs and the seed-0 SCALe runs), one record."""
+def _generate(spec: ModelSpec, model: Any, tokenizer: Any, samples: list[dict], design: Design) -> list[str]:
     import torch
 
-    from . import pretrained
-    from .common import bf16_is_fast, generate, on_cuda, segment_ce
+    from .common import generate
 
+    dtype = torch.bfloat16 if spec.precision() == "bf16" else None
+    prompts = [spec.prompt(s["prompt"]) for s in samples]
+    return generate(model, tokenizer, prompts, design.max_new_tokens, design.eval_batch_size, dtype=dtype)
+
+
+def run_one(
+    design: Design,
+    planned: Planned,
+    lr: float,
+    data: tuple[list, list, list],
+    work_dir: Path,
+    sft: tuple[Any, float, list[dict]] | None = None,
+    completions_dir: Path | None = None,
+) -> tuple[dict[str, Any], tuple[Any, float, list[dict]]]:
+    """Train one arm (SFT, or ``sft``'s model if given; then the GRPO stage of a GRPO arm), evaluate it (held-out;
+    dev too for the tuning runs and the seed-0 SCALe runs); returns its record and the SFT result (model, seconds,
+    log), which the arm's GRPO twin continues from."""
+    import torch
+
+    from .common import on_cuda, segment_ce, write_completions
+    from .train import GRPO_LOG_KEYS, SFT_LOG_KEYS, compact_log, train_grpo, train_sft, training_rows
+
+    spec = MODELS[design.model]
     train, dev, held_out = data
     arm = ARMS[planned.arm]
-    size = dataclasses.replace(
-        pretrained.SIZES["default"],
-        families=(planned.family,),
-        n_train=design.n_train,
-        n_dev=design.n_dev,
-        n_eval=design.n_eval,
-        sft_steps=planned.budget,
-        batch_size=design.batch_size,
-        learning_rate=lr,
-        lora_r=design.lora_r,
-        max_new_tokens=design.max_new_tokens,
-        eval_batch_size=design.eval_batch_size,
-    )
-    options = dict(arm.scale_options)
-    out = Path(os.environ.get("SCALE_PLUGINS_STUDY_TMP", "study_tmp"))
-    model, sft_time, history = pretrained.train_sft(
-        arm.trainer, size, planned.seed, lr, train, out, options, lr_scheduler=arm.lr_scheduler
-    )
-    tokenizer = pretrained.base_tokenizer()
+    options = {**dict(design.scale_options), **dict(arm.scale_options)}
+    if sft is None:
+        sft = train_sft(spec, arm.trainer, planned.budget, design.batch_size, lr, planned.seed, train, work_dir,
+                        lora_r=design.lora_r, warmup_divisor=design.warmup_divisor, lr_scheduler=arm.lr_scheduler,
+                        scale_options=options)  # fmt: skip
+    model, sft_time, history = sft
+    grpo_time, grpo_history = 0.0, []
+    if arm.grpo_after is not None:
+        model, grpo_time, grpo_history = train_grpo(spec, model, design, planned.seed, train, work_dir)
+    tokenizer = spec.tokenizer()
     model.to("cuda" if on_cuda() else "cpu")
     t0 = time.perf_counter()
-    dtype = pretrained.eval_dtype()
-    completions = generate(model, tokenizer, [s["prompt"] for s in held_out], size.max_new_tokens,
-                           size.eval_batch_size, dtype=dtype)  # fmt: skip
-    scored = per_question(completions, held_out)
-    metrics = pretrained.score(planned.family, completions, held_out, tokenizer)
-    rows = [{"prompt": s["prompt"], "completion": s["completion"]} for s in held_out]
-    metrics.update(segment_ce(model, tokenizer, rows, size.eval_batch_size))
+    completions = _generate(spec, model, tokenizer, held_out, design)
+    scored = score(planned.family, completions, held_out, tokenizer)
+    ce = segment_ce(model, tokenizer, training_rows(spec, held_out), design.eval_batch_size)
+    if completions_dir is not None:
+        write_completions(completions_dir / (planned.key(lr).replace("/", "_") + ".jsonl"), held_out, completions)
     record: dict[str, Any] = {
         "key": planned.key(lr),
-        "model": MODEL_NAMES.get(design.model, design.model),
+        "model": spec.name,
         "family": planned.family,
         "arm": planned.arm,
         "seed": planned.seed,
         "sft_steps": planned.budget,
-        "grpo_steps": 0,
+        "grpo_steps": design.grpo_steps if arm.grpo_after is not None else 0,
         "n_eval": len(held_out),
         "accuracy": sum(scored["correct"]) / len(held_out),
         "malformed_rate": sum(scored["malformed"]) / len(held_out),
         "dropped_closer_rate": sum(scored["dropped_closer"]) / len(held_out),
         "sft_time_s": sft_time,
-        "grpo_time_s": 0.0,
+        "grpo_time_s": grpo_time,
         "lr": lr,
         "lr_scheduler": arm.lr_scheduler,
         "tuning": planned.tuning,
@@ -358,33 +573,54 @@ def run_one(design: Design, planned: Planned, lr: float, data: tuple[list, list,
         "correct": _bits(scored["correct"]),
         "malformed": _bits(scored["malformed"]),
         "dropped_closer": _bits(scored["dropped_closer"]),
-        **{
-            k: metrics.get(k)
-            for k in ("mean_think_tokens", "trace_accuracy", "answer_trace_agreement", "think_ce", "answer_ce")
-        },  # fmt: skip
+        **{k: scored[k] for k in ("mean_think_tokens", "trace_accuracy", "answer_trace_agreement")},
+        **ce,
         "final_train_loss": next((row["loss"] for row in reversed(history) if "loss" in row), None),
         "device": "cuda" if on_cuda() else "cpu",
-        "precision": "bf16" if bf16_is_fast() else "fp32",
+        "precision": spec.precision(),
         "torch_threads": torch.get_num_threads(),
         "eval_time_s": time.perf_counter() - t0,
         "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "sample_completions": completions[:2],
+        "log_history": compact_log(history, SFT_LOG_KEYS),
     }
-    if planned.tuning or (planned.seed == 0 and arm.trainer == "scale_sft"):
-        dev_done = generate(model, tokenizer, [s["prompt"] for s in dev], size.max_new_tokens, size.eval_batch_size,
-                            dtype=dtype)  # fmt: skip
-        dev_scored = per_question(dev_done, dev)
+    if grpo_history:
+        record["grpo_log_history"] = compact_log(grpo_history, GRPO_LOG_KEYS)
+    if dev and (planned.tuning or (planned.seed == 0 and arm.trainer == "scale_sft" and arm.grpo_after is None)):
+        dev_done = _generate(spec, model, tokenizer, dev, design)
+        dev_scored = score(planned.family, dev_done, dev, tokenizer)
         record.update(
             dev_n=len(dev),
             dev_accuracy=sum(dev_scored["correct"]) / len(dev),
             dev_malformed_rate=sum(dev_scored["malformed"]) / len(dev),
             dev_dropped_closer_rate=sum(dev_scored["dropped_closer"]) / len(dev),
         )
-    return record
+    return record, sft
 
 
 # -- the whole study --------------------------------------------------------------------------------------------
+
+
+def splits_of(design: Design, families: tuple[str, ...]) -> dict[str, tuple[list, list, list]]:
+    """(train, dev, held-out) per family; ``user``: the design's files, dev the first quarter of the eval file (at
+    most ``n_dev``) when the grid has rates to choose from."""
+    out = {}
+    for family in families:
+        if family == "user":
+            if design.train_file is None or design.eval_file is None:
+                raise SystemExit("your data: --train-file and --eval-file go together")
+            train = tasks.load_user_file(design.train_file, design.answer_column)
+            held = tasks.load_user_file(design.eval_file, design.answer_column)
+            n_dev = min(design.n_dev, max(1, len(held) // 4)) if len(design.lr_grid) > 1 else 0
+            out[family] = (train, held[:n_dev], held[n_dev:])
+        elif family in tasks.FAMILIES:
+            out[family] = tasks.make_splits(family, design.n_train, design.n_dev, design.n_eval)
+        else:
+            raise SystemExit(f"--family {family}: choose from {sorted(tasks.FAMILIES)}")
+        if len(design.lr_grid) > 1 and not out[family][1]:
+            raise SystemExit(f"family {family}: a learning-rate grid of {len(design.lr_grid)} rates needs a dev split")
+    return out
 
 
 def run(
@@ -395,42 +631,56 @@ def run(
     threads: int = 1,
     max_runs: int | None = None,
     update_docs: bool = False,
+    *,
+    design: Design | None = None,
+    jobs: int = 1,
+    work_dir: str | Path | None = None,
+    completions_dir: str | Path | None = None,
+    image: str | None = None,
 ) -> dict[str, Any]:
-    """Run what is missing from ``results`` (resumable at run granularity), then write the report."""
+    """Run what is missing from ``results`` (resumable at run granularity), then write the report.
+
+    ``design``: the design to run (default ``DESIGNS[design_name]``; ``design_name`` is what the results file calls
+    it); ``jobs`` > 1: the families side by side, one process each (:func:`_family_processes`), appending to the same
+    file; ``work_dir``: the trainers' output folder; ``completions_dir``: every held-out completion, one JSONL per
+    run; ``image``: the plot's path in the report (:func:`report`)."""
     from tqdm.auto import tqdm
 
     from .common import quiet_libraries
 
-    design = DESIGNS[design_name]
+    design = design or DESIGNS[design_name]
+    spec = MODELS[design.model]
     path = Path(results or default_results_path(design))
+    work = Path(work_dir or os.environ.get("SCALE_PLUGINS_STUDY_TMP", "study_tmp"))
     quiet_libraries(threads)
     fams = tuple(families or design.families)
-    unknown = [f for f in fams if f not in tasks.FAMILIES]
-    if unknown:
-        raise SystemExit(f"--family {unknown}: choose from {sorted(tasks.FAMILIES)}")
+    splits = splits_of(design, fams)
     todo_plan = plan(design, fams, tuple(arms) if arms else None)
     data = load(path)
     _check_design(data, design_name, design, path)
     missing = [p for p in todo_plan if not is_done(p, data.get("runs", []))]
     if "design" not in data:
         append_run(path, design_name, design, None)
-    splits = {f: tasks.make_splits(f, design.n_train, design.n_dev, design.n_eval) for f in fams}
+    adapter = f"LoRA r={design.lora_r}" if spec.lora_targets is not None else spec.training
     print(
-        f"study {design_name} ({MODEL_NAMES.get(design.model, design.model)} + LoRA r={design.lora_r}): families "
+        f"study {design_name} ({spec.name} + {adapter}): families "
         f"{list(fams)}, budgets {list(design.budgets)} x batch {design.batch_size}, {design.n_eval} held-out / "
         f"{design.n_dev} dev questions per family; {len(todo_plan) - len(missing)} of {len(todo_plan)} runs already in "
         f"{path}",
         flush=True,
     )
     if missing:
-        from . import pretrained
-
-        pretrained.base_checkpoint()
-        first = _estimate_first(design, missing, splits, threads)
+        if spec.prepare is not None:
+            spec.prepare()
+        first = estimate_seconds(design, missing, splits)
         print(f"estimated time for the {len(missing)} missing runs: {first / 3600:.1f} h (from a measured step)",
               flush=True)  # fmt: skip
+    if missing and jobs > 1 and len(fams) > 1:
+        _family_processes(design_name, design, path, fams, arms, threads, jobs, work, completions_dir, missing)
+        missing = []
     bar = tqdm(total=len(missing), desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
     ran = 0
+    sft_for: dict[tuple[str, int, int, str], tuple[Any, float, list[dict]]] = {}
     for planned in missing:
         if max_runs is not None and ran >= max_runs:
             break
@@ -439,40 +689,112 @@ def run(
         if lr is None:
             bar.write(f"skipped {planned}: the vanilla tuning of its budget has not finished")
             continue
-        record = run_one(design, planned, lr, splits[planned.family], threads)
+        arm = ARMS[planned.arm]
+        twin = (planned.family, planned.budget, planned.seed, arm.grpo_after or "")
+        record, sft = run_one(design, planned, lr, splits[planned.family], work, sft=sft_for.pop(twin, None),
+                              completions_dir=Path(completions_dir) if completions_dir else None)  # fmt: skip
+        grpo_twin = [a for a, x in ARMS.items() if x.grpo_after == planned.arm]
+        if not planned.tuning and any(p.arm in grpo_twin and (p.family, p.budget, p.seed) == twin[:3] for p in missing):
+            # its GRPO twin continues from this SFT model (a tuning run's rate may not be the chosen one: its twin
+            # trains SFT again, deterministically, at the chosen rate)
+            sft_for[(planned.family, planned.budget, planned.seed, planned.arm)] = sft
         append_run(path, design_name, design, record)
         ran += 1
         bar.update(1)
         bar.set_postfix_str(f"{record['key']}: acc {record['accuracy']:.2f}")
     bar.close()
     final = load(path)
-    result = report(final)
+    result = report(final, image=image)
     if update_docs:
         write_docs(result, design.model)
     print(result["markdown"])
     return result
 
 
+def _family_processes(
+    design_name: str,
+    design: Design,
+    path: Path,
+    families: tuple[str, ...],
+    arms: list[str] | None,
+    threads: int,
+    jobs: int,
+    work: Path,
+    completions_dir: str | Path | None,
+    missing: list[Planned],
+) -> None:
+    """Each family in its own Python process (``jobs`` at a time, ``threads`` torch threads each) running
+    :func:`run` for that family into the same results file (appends are locked), logging to
+    ``<work>/logs/<family>.log``; a progress bar over the missing runs they finish."""
+    from tqdm.auto import tqdm
+
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    code = "import sys; from scale_plugins.tools.paper.study import family_process_main; family_process_main(sys.stdin.read())"
+    bar = tqdm(total=len(missing), desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
+    pending, running, failed = list(families), {}, []
+    while pending or running:
+        while pending and len(running) < jobs:
+            family = pending.pop(0)
+            call = {"design_name": design_name, "design": dataclasses.asdict(design), "results": str(path),
+                    "families": [family], "arms": arms, "threads": threads, "work_dir": str(work / family),
+                    "completions_dir": str(completions_dir) if completions_dir else None}  # fmt: skip
+            log = (logs / f"{family}.log").open("w")
+            proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=log,
+                                    stderr=subprocess.STDOUT, text=True)  # fmt: skip
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(call))
+            proc.stdin.close()
+            running[family] = (proc, log)
+        time.sleep(2)
+        for family, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[family]
+                if proc.returncode != 0:
+                    failed.append(family)
+        runs = load(path).get("runs", [])
+        bar.n = sum(is_done(p, runs) for p in missing)
+        bar.refresh()
+    bar.close()
+    if failed:
+        tails = "\n".join(f"--- {f} ({logs / f}.log):\n" + (logs / f"{f}.log").read_text()[-2000:] for f in failed)
+        raise SystemExit(f"the family process(es) {failed} failed\n{tails}")
+
+
+def family_process_main(call_json: str) -> None:
+    """The entry point of one family process of :func:`_family_processes` (its call as JSON)."""
+    call = json.loads(call_json)
+    call["design"] = design_from_dict(call["design"])
+    run(**call)
+
+
 def default_results_path(design: Design) -> Path:
-    return Path("docs/results") / f"{design.model}.json"
+    return MODELS[design.model].results_path()
 
 
-def _estimate_first(design: Design, missing: list[Planned], splits: dict, threads: int) -> float:
-    """Seconds for the missing runs, from one measured SFT step of the base model (warm-up excluded) and the
-    generation of one evaluation batch: no machine rates in code."""
+def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> float:
+    """Seconds for the missing runs, from one measured SFT step of the base model (warm-up excluded), a measured
+    model load and the measured generation of one batch: no machine rates in code."""
     import torch
 
-    from . import pretrained
-    from .common import bf16_is_fast, on_cuda
+    from .common import on_cuda
+    from .train import training_rows
 
-    model, tokenizer = pretrained._load_base()
+    spec = MODELS[design.model]
+    model, tokenizer = spec.load(0), spec.tokenizer()
     device = "cuda" if on_cuda() else "cpu"
     model.to(device).train()
     family = missing[0].family
     rows = splits[family][0][: design.batch_size]
-    texts = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in rows]
+    if spec.data_format == "text":
+        texts = [r["prompt"] + r["completion"] for r in training_rows(spec, rows)]
+        prompts = [spec.prompt(r["prompt"]) for r in rows]
+    else:
+        texts = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in rows]
+        prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
     enc = tokenizer(texts, return_tensors="pt", padding=True).to(device)
-    dtype = torch.bfloat16 if bf16_is_fast() else torch.float32
+    dtype = torch.bfloat16 if spec.precision() == "bf16" else torch.float32
 
     def step() -> float:
         t0 = time.perf_counter()
@@ -483,24 +805,32 @@ def _estimate_first(design: Design, missing: list[Planned], splits: dict, thread
         return time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pretrained._load_base()
+    spec.load(0)
     load_s = time.perf_counter() - t0
     step()
     per_step = min(step() for _ in range(2))
     model.eval()
-    prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+    tokenizer.padding_side = "left"
     penc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
     t0 = time.perf_counter()
     with torch.no_grad():
         model.generate(**penc, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    per_token = (time.perf_counter() - t0) / 8 * (design.eval_batch_size / len(rows)) ** 0.5
-    per_eval_batch = per_token * design.max_new_tokens
+    per_token = (time.perf_counter() - t0) / 8
+    per_eval_batch = per_token * (design.eval_batch_size / len(rows)) ** 0.5 * design.max_new_tokens
+    group = design.grpo_prompts_per_step * design.num_generations
+    per_grpo_step = per_token * (group / len(rows)) ** 0.5 * design.max_new_tokens + per_step * group / len(rows)
     total = 0.0
+    planned = {(p.family, p.budget, p.seed, p.arm) for p in missing}
     for p in missing:
+        arm = ARMS[p.arm]
         evals = math.ceil(design.n_eval / design.eval_batch_size) + (
             math.ceil(design.n_dev / design.eval_batch_size) if p.tuning or p.seed == 0 else 0
         )
-        total += p.budget * per_step + evals * per_eval_batch + 3 * load_s
+        sft_again = arm.grpo_after is None or (p.family, p.budget, p.seed, arm.grpo_after) not in planned
+        trains = sft_again and arm.trainer != "none"
+        total += (p.budget * per_step if trains else 0.0) + evals * per_eval_batch + 3 * load_s
+        if arm.grpo_after is not None:
+            total += design.grpo_steps * per_grpo_step
     return total
 
 
@@ -566,8 +896,32 @@ def _verdict(p: dict[str, Any]) -> str:
     return f"{head} ({word}: 95% interval {_interval(ci)}, {n} seeds)"
 
 
-def report(data: dict[str, Any]) -> dict[str, Any]:
-    """Tables and sentences of the study from its results file (``data``: the loaded JSON)."""
+def _wall(run: dict[str, Any]) -> float:
+    """A run's training wall time: SFT, plus GRPO where it has a GRPO stage."""
+    return run["sft_time_s"] + (run.get("grpo_time_s") or 0.0)
+
+
+def _diagnostics(cells: dict, family: str, budget: int) -> list[str]:
+    """The table of :data:`METRICS` per arm at ``budget`` (mean over seeds; n/a where a family does not define it)."""
+    formats = {"trace_accuracy": _pct, "answer_trace_agreement": _pct, "think_ce": "{:.3f}".format,
+               "answer_ce": "{:.3f}".format}  # fmt: skip
+    arms = [a for a in ARMS if cells.get((family, budget, a))]
+    keys = [k for k in METRICS if k != "grpo_time_s" or any(ARMS[a].grpo_after for a in arms)]
+    lines = ["| arm | " + " | ".join(METRICS[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    for arm in arms:
+        seeds = cells[family, budget, arm]
+        row = []
+        for key in keys:
+            values = [r.get(key) for r in seeds.values()]
+            known = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            row.append(formats.get(key, "{:.1f}".format)(statistics.fmean(known)) if known else "n/a")
+        lines.append(f"| {ARMS[arm].label} | " + " | ".join(row) + " |")
+    return lines
+
+
+def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
+    """Tables and sentences of the study from its results file (``data``: the loaded JSON); ``image``: the plot's
+    path in the markdown (default: docs/results.md's ``img/results_<model>_curve.png``)."""
     runs = data.get("runs", [])
     design = data.get("design")
     if design is None or not runs:
@@ -577,17 +931,21 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
     budgets = list(design["budgets"])
     lines: list[str] = []
     all_pairs: list[dict[str, Any]] = []
-    n_total = len(plan(Design(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in design.items()
-                                  if k in {f.name for f in dataclasses.fields(Design)}})))  # fmt: skip
+    n_total = len(plan(design_from_dict(design)))
     lines.append(
         f"{len(runs)} of {n_total} planned runs finished "
         f"(model {runs[0]['model']}; devices: {', '.join(sorted({r['device'] + ' ' + r['precision'] for r in runs}))})."
     )
     lines.append("")
-    lines.append("**Learning rate per budget** (vanilla SFT alone, seed 0, dev accuracy; ties to the smaller rate):")
-    lines.append("")
-    lines.append("| family | budget | " + " | ".join(f"lr {lr:g}" for lr in design["lr_grid"]) + " | chosen |")
-    lines.append("|---|---|" + "---|" * (len(design["lr_grid"]) + 1))
+    if len(design["lr_grid"]) == 1:
+        lines.append(f"**Learning rate**: {design['lr_grid'][0]:g} for every arm and budget (one rate: no tuning).")
+    else:
+        lines.append(
+            "**Learning rate per budget** (vanilla SFT alone, seed 0, dev accuracy; ties to the smaller rate):"
+        )
+        lines.append("")
+        lines.append("| family | budget | " + " | ".join(f"lr {lr:g}" for lr in design["lr_grid"]) + " | chosen |")
+        lines.append("|---|---|" + "---|" * (len(design["lr_grid"]) + 1))
     for family in families:
         for budget in budgets:
             tried = {r["lr"]: r for r in runs if r.get("tuning") and r["family"] == family and r["sft_steps"] == budget}
@@ -637,11 +995,15 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
             for budget in budgets:
                 seeds = cells.get((family, budget, arm), {})
                 if seeds and statistics.fmean(r["accuracy"] for r in seeds.values()) >= target:
-                    hit = (budget, statistics.fmean(r["sft_time_s"] for r in seeds.values()))
+                    hit = (budget, statistics.fmean(_wall(r) for r in seeds.values()))
                     break
             if any(k[0] == family and k[2] == arm for k in cells):
                 reach.append(f"{ARMS[arm].label}: " + (f"{hit[0]} steps ({hit[1]:.0f} s)" if hit else "not reached"))
         lines += ["", f"First budget at which the mean accuracy reaches {_pct(target)}: " + "; ".join(reach) + "."]
+        with_data = [b for b in budgets if any(k[0] == family and k[1] == b for k in cells)]
+        if with_data:
+            at = design["claim_budget"] if design["claim_budget"] in with_data else max(with_data)
+            lines += ["", f"Diagnostics at {at} steps (mean over seeds):", "", *_diagnostics(cells, family, at)]
     choice = closing_tag_choice(runs)
     if choice is not None:
         lines += [
@@ -654,14 +1016,19 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
     summary = summarize(all_pairs, design)
     lines += ["", "**What the data say:** " + summary]
     if cells:  # write_docs draws it from the same file
-        model = design.get("model", "smollm2")
-        lines += ["", f"![accuracy vs SFT budget and wall time](img/results_{model}_curve.png)"]
+        image = image or f"img/results_{design.get('model', 'smollm2')}_curve.png"
+        lines += ["", f"![accuracy vs SFT budget and wall time]({image})"]
     return {"markdown": "\n".join(lines) + "\n", "summary": summary, "pairs": all_pairs, "closing_tag": choice}
+
+
+#: the further arms a regime's sentence names, after SCALe-SFT − vanilla SFT: (arm, baseline, words)
+_ALSO = (("scale_close", "sft", "with the closer as answer"), ("scale_token", "sft", "with token normalization"),
+         ("scale_sft_grpo", "sft_grpo", "after GRPO"), ("scale_sft", "sft_grpo", "against vanilla SFT + GRPO"))  # fmt: skip
 
 
 def summarize(pairs: list[dict[str, Any]], design: dict[str, Any]) -> str:
     """One sentence per regime for SCALe-SFT (defaults) − vanilla SFT at the claim budget (or the largest with
-    data), and the closing-tag arm."""
+    data), and the other SCALe arms at that budget (:data:`_ALSO`)."""
     parts = []
     for family in design["families"]:
         mine = [p for p in pairs if p["family"] == family and p["arm"] == "scale_sft" and p["base"] == "sft"]
@@ -670,17 +1037,19 @@ def summarize(pairs: list[dict[str, Any]], design: dict[str, Any]) -> str:
         at = [p for p in mine if p["budget"] == design["claim_budget"]] or mine
         best = max(at, key=lambda p: (p["interval"]["n"], p["budget"]))
         text = f"`{family}` ({REGIMES.get(family, family)}), {best['budget']} steps: SCALe-SFT is {_verdict(best)}"
-        close = [p for p in pairs if p["family"] == family and p["arm"] == "scale_close" and p["base"] == "sft"
-                 and p["budget"] == best["budget"]]  # fmt: skip
-        if close:
-            text += f"; with the closer as answer {_verdict(close[0])}"
+        for arm, base, words in _ALSO:
+            also = [p for p in pairs if p["family"] == family and p["arm"] == arm and p["base"] == base
+                    and p["budget"] == best["budget"]]  # fmt: skip
+            if also:
+                text += f"; {words} {_verdict(also[0])}"
         enough = best["interval"]["n"] >= design["claim_seeds"]
         parts.append(text + ("" if enough else f" (study in progress: {design['claim_seeds']} seeds planned)"))
     return ". ".join(parts) + "." if parts else "No paired comparison has finished yet."
 
 
 def plot(data: dict[str, Any], path: Path) -> bool:
-    """Accuracy against SFT budget and against SFT wall time, per family (mean over seeds, 95% t interval)."""
+    """Accuracy against SFT budget and against training wall time (SFT, + GRPO for a GRPO arm), per family (mean
+    over seeds, 95% t interval)."""
     from .common import pyplot
 
     plt = pyplot()
@@ -699,7 +1068,7 @@ def plot(data: dict[str, Any], path: Path) -> bool:
                 seeds = cells.get((family, budget, arm), {})
                 if seeds:
                     ci = stats.t_interval([r["accuracy"] for r in seeds.values()])
-                    t = statistics.fmean(r["sft_time_s"] for r in seeds.values())
+                    t = statistics.fmean(_wall(r) for r in seeds.values())
                     pts.append((budget, t, 100 * ci["mean"], 100 * min(ci["half_width"], 1.0)))
             if not pts:
                 continue
@@ -707,13 +1076,59 @@ def plot(data: dict[str, Any], path: Path) -> bool:
                 axes[row][col].errorbar(x, [p[2] for p in pts], yerr=[p[3] for p in pts], marker="o", capsize=3,
                                         color=COLOURS[arm], label=ARMS[arm].label)  # fmt: skip
         axes[0][col].set_xlabel("SFT optimizer steps")
-        axes[1][col].set_xlabel("SFT wall time (s)")
+        grpo = any(k[0] == family and ARMS[k[2]].grpo_after for k in cells)
+        axes[1][col].set_xlabel("SFT + GRPO wall time (s)" if grpo else "SFT wall time (s)")
         for row in (0, 1):
             ax = axes[row][col]
             ax.set_ylabel("held-out accuracy (%)")
             ax.set_title(f"{family} ({REGIMES.get(family, family)})")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_training(data: dict[str, Any], path: Path) -> bool:
+    """SFT losses and SCALe's segment losses and weights over the steps of each family's claim budget (mean over
+    seeds), from the runs' logs; ``False`` where no run has one (runs recorded before logs were kept)."""
+    from .common import pyplot
+
+    plt = pyplot()
+    runs, design = data.get("runs", []), data.get("design")
+    if plt is None or design is None:
+        return False
+    cells = _cells(runs, design)
+    families = [f for f in design["families"] if any(k[0] == f and r.get("log_history") for k, v in cells.items()
+                                                      for r in v.values())]  # fmt: skip
+    if not families:
+        return False
+    fig, axes = plt.subplots(1, len(families), figsize=(6.2 * len(families), 4.2), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        budget = max(b for f, b, _ in cells if f == family)
+        for arm, key, colour, label in (
+            ("sft", "loss", "tab:blue", "vanilla SFT loss (token mean)"),
+            ("scale_sft", "loss", "black", "SCALe loss (weighted)"),
+            ("scale_sft", "scale/think_loss", "tab:green", "SCALe think loss"),
+            ("scale_sft", "scale/answer_loss", "tab:red", "SCALe answer loss"),
+            ("scale_sft", "scale/answer_weight", "tab:orange", "SCALe answer weight"),
+        ):
+            per_step: dict[float, list[float]] = {}
+            for r in cells.get((family, budget, arm), {}).values():
+                for row in r.get("log_history") or []:
+                    if key in row:
+                        per_step.setdefault(row["step"], []).append(float(row[key]))
+            if per_step:
+                steps = sorted(per_step)
+                ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], color=colour, label=label,
+                        linestyle="--" if "weight" in key else "-")  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"{family}: SFT at {budget} steps (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -1,4 +1,4 @@
-"""Task families of the pretrained bench (``scale-plugins bench-paper --model smollm2``), and user data.
+"""Task families of the comparison studies (``scale-plugins study`` / ``bench-paper``), and user data.
 
 Every sample is a dict with ``prompt`` (one user message), ``completion`` (one assistant message:
 ``<think>TRACE</think>\\n<answer>ANSWER</answer>``), ``solution`` (the gold answer, what
@@ -12,16 +12,23 @@ Families (fixed before any comparison of arms, see docs/results.md):
   mapping the value to its letter is the answer's job (the answer is the hard part; the arithmetic is one easy step).
 * ``arith``: multi-step arithmetic with a number answer (``scale_plugins.data.synthetic_cot``'s format, 2-3 steps).
   The answer is a copy of the trace's last value: the trace is the hard part.
+* ``arith_small``: the task of the from-scratch study (docs/results.md part 3): :func:`arith_cot` with ``+``/``-``,
+  1-3 steps, numbers up to 9, no format instruction in the question (a model trained from scratch learns the format);
+  the answer copies the trace's last value.
 * ``user``: your own JSONL (``--train-file`` / ``--eval-file``); trace metrics are not defined there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ...data import synthetic_cot
 
 INSTRUCTION = "Think step by step inside <think></think>, then give the final answer inside <answer></answer>."
 MC_INSTRUCTION = (
@@ -90,8 +97,6 @@ def mc_word_problem(rng: random.Random) -> dict[str, Any]:
 
 def arith_problem(rng: random.Random) -> dict[str, Any]:
     """Multi-step arithmetic (2-3 steps, +/-), trace in ``synthetic_cot``'s words; the answer copies the trace."""
-    from ...data import synthetic_cot
-
     sample = synthetic_cot(1, rng.randrange(2**31), min_ops=2, max_ops=3, start_max=20, operand_max=9, operators="+-")[
         0
     ]
@@ -100,26 +105,111 @@ def arith_problem(rng: random.Random) -> dict[str, Any]:
     return _sample(f"{question}\n{INSTRUCTION}", trace, sample["solution"], value=sample["solution"])
 
 
-FAMILIES = {"mc": mc_word_problem, "arith": arith_problem}
+def _sampled_splits(
+    family: str, make: Callable[[random.Random], dict[str, Any]]
+) -> Callable[[int, int, int, int], tuple[list, list, list]]:
+    """Splits of a family whose samples ``make`` draws one at a time (questions may repeat in train)."""
+
+    def splits(n_train: int, n_dev: int, n_eval: int, seed: int) -> tuple[list, list, list]:
+        rng = random.Random(f"{family}-{seed}")
+        train = [make(rng) for _ in range(n_train)]
+        seen = {s["question"] for s in train}
+        rest: list[dict[str, Any]] = []
+        tries = 0
+        while len(rest) < n_dev + n_eval:
+            s = make(rng)
+            tries += 1
+            if s["question"] not in seen:
+                seen.add(s["question"])
+                rest.append(s)
+            if tries > 100 * (n_dev + n_eval) + 1000:
+                raise ValueError(f"family {family}: too few distinct questions for disjoint splits")
+        return train, rest[:n_dev], rest[n_dev:]
+
+    return splits
+
+
+# -- the from-scratch study's task ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Knobs of :func:`arith_cot` (the defaults are ``synthetic_cot``'s)."""
+
+    min_ops: int = 2
+    max_ops: int = 5
+    start_max: int = 20
+    operand_max: int = 9
+    ops: str = "+-*"
+    data_seed: int = 1234  # the data is the same for every seed of a study; the seed moves init and data order
+
+
+#: the task of ``arith_small``, fixed on vanilla SFT alone before any comparison (docs/results.md part 3)
+SMALL_TASK = Task(ops="+-", min_ops=1, max_ops=3, start_max=9)
+
+
+def arith_cot(n: int, seed: int = 0, task: Task = Task()) -> list[dict[str, Any]]:
+    """``n`` samples in the format of :func:`scale_plugins.data.synthetic_cot`, with the task's difficulty knobs.
+
+    With the default :class:`Task` (and any ``data_seed``) it produces exactly ``synthetic_cot(n, seed)``.
+    Each sample: ``{"messages": [user, assistant], "solution": "<number>", "question": "<user text>"}``.
+    """
+    samples = synthetic_cot(
+        n,
+        seed,
+        min_ops=task.min_ops,
+        max_ops=task.max_ops,
+        start_max=task.start_max,
+        operand_max=task.operand_max,
+        operators=task.ops,
+    )
+    return [{**sample, "question": sample["messages"][0]["content"]} for sample in samples]
+
+
+def task_splits(task: Task, n_train: int, n_eval: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held-out) of :func:`arith_cot`: deterministic in ``task``; no held-out question occurs in train, none
+    twice in held-out."""
+    train = arith_cot(n_train, seed=task.data_seed, task=task)
+    seen = {s["question"] for s in train}
+    held_out: list[dict[str, Any]] = []
+    offset = 1
+    while len(held_out) < n_eval:
+        for s in arith_cot(4 * n_eval, seed=task.data_seed + 7919 * offset, task=task):
+            if s["question"] not in seen:
+                seen.add(s["question"])
+                held_out.append(s)
+                if len(held_out) == n_eval:
+                    break
+        offset += 1
+        if offset > 50:
+            raise ValueError("the task has too few distinct questions for a disjoint held-out split")
+    return train, held_out
+
+
+def _small_splits(n_train: int, n_dev: int, n_eval: int, seed: int) -> tuple[list, list, list]:
+    """``arith_small`` in the families' shape; dev is the first ``n_dev`` of the held-out questions (none in the
+    from-scratch study, whose held-out split is then exactly :func:`task_splits`' of docs/results.md part 3)."""
+
+    def shaped(s: dict[str, Any]) -> dict[str, Any]:
+        user, assistant = s["messages"]
+        return {"prompt": [user], "completion": [assistant], "solution": s["solution"], "question": s["question"],
+                "value": s["solution"]}  # fmt: skip
+
+    train, held = task_splits(dataclasses.replace(SMALL_TASK, data_seed=seed), n_train, n_dev + n_eval)
+    return [shaped(s) for s in train], [shaped(s) for s in held[:n_dev]], [shaped(s) for s in held[n_dev:]]
+
+
+#: family -> its splits (n_train, n_dev, n_eval, seed) -> (train, dev, held-out)
+FAMILIES: dict[str, Callable[[int, int, int, int], tuple[list, list, list]]] = {
+    "mc": _sampled_splits("mc", mc_word_problem),
+    "arith": _sampled_splits("arith", arith_problem),
+    "arith_small": _small_splits,
+}
 
 
 def make_splits(family: str, n_train: int, n_dev: int, n_eval: int, seed: int = 1234) -> tuple[list, list, list]:
     """(train, dev, held-out), deterministic; dev and held-out questions never occur in train or in each other."""
-    make = FAMILIES[family]
-    rng = random.Random(f"{family}-{seed}")
-    train = [make(rng) for _ in range(n_train)]
-    seen = {s["question"] for s in train}
-    rest: list[dict[str, Any]] = []
-    tries = 0
-    while len(rest) < n_dev + n_eval:
-        s = make(rng)
-        tries += 1
-        if s["question"] not in seen:
-            seen.add(s["question"])
-            rest.append(s)
-        if tries > 100 * (n_dev + n_eval) + 1000:
-            raise ValueError(f"family {family}: too few distinct questions for disjoint splits")
-    return train, rest[:n_dev], rest[n_dev:]
+    return FAMILIES[family](n_train, n_dev, n_eval, seed)
 
 
 # -- trace diagnostics ----------------------------------------------------------------------------------------
