@@ -314,11 +314,11 @@ def test_text_format_for_a_base_model():
     sample = tasks.make_splits("arith", 1, 0, 0)[0][0]
     row = training_rows(spec, [sample])[0]
     assert row["prompt"] == spec.prompt(sample["prompt"]) == prompt_text(sample["prompt"])
-    assert row["prompt"].startswith("Question: ") and row["prompt"].endswith("\nAnswer: ")
+    assert row["prompt"].startswith("Question: ") and row["prompt"].endswith("\nAnswer:\n")
     assert sample["prompt"][0]["content"] in row["prompt"]
     assert row["completion"] == sample["completion"][0]["content"]
     assert prompt_text([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]) == (
-        "Be brief.\n\nQuestion: 2+2?\nAnswer: "
+        "Be brief.\n\nQuestion: 2+2?\nAnswer:\n"
     )
     smollm2 = MODELS["smollm2"]  # a chat model keeps its messages
     assert smollm2.prompt(sample["prompt"]) == sample["prompt"]

@@ -3,6 +3,7 @@ are generated from the committed results file, and (slow, with the real model) t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -197,10 +198,12 @@ def test_generated_block_replacement():
 # -- the docs follow the committed results -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
-def test_docs_quote_the_committed_results(model):
-    """Every model's results file (or, before its first run, none) is what docs/results.md and README quote."""
-    path = ROOT / "docs" / "results" / f"{model}.json"
+@pytest.mark.parametrize(("design", "model"), [("powered", "smollm2"), ("gemma3", "gemma3"), ("headline", "smollm2")])
+def test_docs_quote_the_committed_results(design, model):
+    """Every study's results file (or, before its first run, none) is what docs/results.md and README quote."""
+    key = study.results_key(design, model)
+    assert study.default_results_path(study.DESIGNS[design], design) == Path("docs/results") / f"{key}.json"
+    path = ROOT / "docs" / "results" / f"{key}.json"
     data = study.load(path)
     for run in data["runs"]:
         missing = [k for k in REQUIRED if k not in run]
@@ -210,9 +213,9 @@ def test_docs_quote_the_committed_results(model):
     result = study.report(data)
     for doc, body in (("docs/results.md", result["markdown"]), ("README.md", result["summary"])):
         text = (ROOT / doc).read_text()
-        assert study.replace_block(text, model, body) == text, (
-            f"{doc} does not quote docs/results/{model}.json: run "
-            f"`scale-plugins study --design {'powered' if model == 'smollm2' else model} --report --update-docs`"
+        assert study.replace_block(text, key, body) == text, (
+            f"{doc} does not quote docs/results/{key}.json: run `scale-plugins study --design {design} --report "
+            "--update-docs`"
         )
 
 
@@ -252,3 +255,72 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0
     assert results.read_text() == before
     assert "SCALe-SFT, closer as answer" in capsys.readouterr().out
+
+
+# -- the GRPO setting, chosen on vanilla alone ---------------------------------------------------------------------
+
+
+def _grpo_tuning(setting: int, dev_accuracy: float) -> dict:
+    return {"tuning": True, "arm": "sft_grpo", "family": "mc", "sft_steps": 96, "grpo_setting": setting,
+            "dev_accuracy": dev_accuracy}  # fmt: skip
+
+
+def test_grpo_setting_is_chosen_on_vanilla_dev_accuracy_ties_to_the_cheaper():
+    grid = ((1e-5, 4, 2), (3e-5, 4, 2), (1e-5, 8, 2))
+    assert study.chosen_grpo([_grpo_tuning(0, 0.5), _grpo_tuning(1, 0.6)], "mc", 96, grid) is None  # unfinished
+    runs = [_grpo_tuning(0, 0.5), _grpo_tuning(1, 0.6), _grpo_tuning(2, 0.6)]
+    assert study.chosen_grpo(runs, "mc", 96, grid) == 1  # a tie with the 8-generation setting: the cheaper
+    runs[2]["dev_accuracy"] = 0.7
+    assert study.chosen_grpo(runs, "mc", 96, grid) == 2
+    runs = [_grpo_tuning(0, 0.6), _grpo_tuning(1, 0.6), _grpo_tuning(2, 0.5)]
+    assert study.chosen_grpo(runs, "mc", 96, grid) == 0  # same cost: the smaller rate
+    # a SCALe run or another family never decides it; nor do GRPO tuning runs count as the SFT rate's tuning
+    assert study.chosen_grpo(runs + [{**_grpo_tuning(1, 0.9), "family": "arith"}], "mc", 96, grid) == 0
+    assert study.chosen_lr(runs, "mc", 96, (1e-3, 2e-3)) is None
+
+
+def test_headline_design_plans_the_grpo_choice_before_any_scale_run():
+    design = study.DESIGNS["headline"]
+    assert study.grpo_is_tuned(design) and design.families == ("mc",) and design.n_eval >= 200
+    runs = study.plan(design)
+    keys = [p.key(p.lr or 1e-3) for p in runs]
+    first_scale = next(i for i, p in enumerate(runs) if p.arm.startswith("scale"))
+    tuning = [p for p in runs if p.tuning]
+    assert all(runs.index(p) < first_scale for p in tuning)  # every choice is made on vanilla first
+    assert [p.grpo for p in tuning if p.arm == "sft_grpo"] == [0, 1, 2]
+    assert len(keys) == len(set(keys))
+    # vanilla + GRPO's seed 0 is its tuning run at the chosen setting; three seeds of each arm in all
+    for arm in design.arms:
+        seeds = {p.seed for p in runs if p.arm == arm and (not p.tuning or arm == "sft_grpo")}
+        assert seeds == {0, 1, 2} or (arm == "sft" and seeds == {1, 2}), arm
+    assert study.design_from_dict(json.loads(json.dumps(dataclasses.asdict(design)))) == design
+    assert "grpo_grid" in design.fingerprint() and "grpo_grid" not in study.DESIGNS["powered"].fingerprint()
+
+
+def test_grpo_tuning_runs_and_the_chosen_setting_is_used(tmp_path, monkeypatch):
+    """The tiny model through the runner: the GRPO settings run on vanilla first; every GRPO arm uses the chosen one;
+    the report has the choice and the wall-time ratio."""
+    pytest.importorskip("trl")
+    monkeypatch.setenv("SCALE_PLUGINS_STUDY_TMP", str(tmp_path / "tmp"))
+    grid = ((1e-4, 2, 2), (1e-4, 2, 1))
+    design = dataclasses.replace(
+        study.DESIGNS["scratch-smoke"], n_dev=4, seeds=(0, 1), grpo_grid=grid, grpo_steps=1,
+        arms=("sft", "scale_sft", "sft_grpo", "scale_sft_grpo"),
+    )  # fmt: skip
+    results = tmp_path / "tiny.json"
+    result = study.run("scratch-smoke", results=results, design=design, threads=1)
+    runs = study.load(results)["runs"]
+    tuning = sorted((r["grpo_setting"], r["num_generations"], r["grpo_prompts_per_step"]) for r in runs
+                    if r.get("tuning"))  # fmt: skip
+    assert tuning == [(0, 2, 2), (1, 2, 1)]
+    chosen = study.chosen_grpo(runs, "arith_small", 4, grid)
+    assert chosen is not None
+    grpo_runs = [r for r in runs if r["arm"] in ("sft_grpo", "scale_sft_grpo") and not r.get("tuning")]
+    assert sorted((r["arm"], r["seed"]) for r in grpo_runs) == [("scale_sft_grpo", 0), ("scale_sft_grpo", 1),
+                                                                ("sft_grpo", 1)]  # fmt: skip
+    assert all(r["grpo_setting"] == chosen and r["num_generations"] == grid[chosen][1] for r in grpo_runs)
+    cells = study._cells(runs, study.load(results)["design"])
+    assert set(cells["arith_small", 4, "sft_grpo"]) == {0, 1}
+    assert cells["arith_small", 4, "sft_grpo"][0]["grpo_setting"] == chosen
+    assert "**GRPO setting**" in result["markdown"] and "vanilla SFT + GRPO" in result["markdown"]
+    assert "x SCALe-SFT's" in result["markdown"]

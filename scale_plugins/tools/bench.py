@@ -436,7 +436,7 @@ def _text_samples() -> list[dict[str, str]]:
     for sample in load_bundled()[:256]:
         user = next(m["content"] for m in sample["messages"] if m["role"] == "user")
         answer = next(m["content"] for m in sample["messages"] if m["role"] == "assistant")
-        out.append({"prompt": f"Question: {user}\nAnswer: ", "completion": answer})
+        out.append({"prompt": f"Question: {user}\nAnswer:\n", "completion": answer})  # a token boundary
     return out
 
 

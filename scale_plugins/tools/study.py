@@ -19,8 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=sorted(study.DESIGNS),
         default="powered",
         help="powered: the study of docs/results.md (2 families, budgets 24/48/96 steps, 8 seeds at 96, 200 held-out "
-        "questions per family); smoke: the same pipeline in a few minutes (tests); short / scratch: the designs of "
-        "docs/results.md parts 2 and 3 (bench-paper's)",
+        "questions per family); gemma3: the same on Gemma 3 270M at 96 steps, 3 seeds; headline: SCALe-SFT vs SFT + "
+        "GRPO (mc, 96 steps, 3 seeds, the GRPO setting chosen on vanilla alone); smoke: the same pipeline in a few "
+        "minutes (tests); short / scratch: the designs of docs/results.md parts 2 and 3 (bench-paper's)",
     )
     p.add_argument(
         "--model",
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--results",
         default=None,
-        help="the results file (JSON) to resume and append to (default: docs/results/<model>.json)",
+        help="the results file (JSON) to resume and append to (default: docs/results/<model>.json for powered and a "
+        "model's own design, docs/results/<model>_<design>.json for the others)",
     )
     p.add_argument(
         "--family", nargs="+", default=None, help="a subset of the design's families (side-by-side processes)"
@@ -68,10 +70,10 @@ def main(ns: argparse.Namespace) -> int:
     if ns.model is not None:
         design = dataclasses.replace(design, model=ns.model)
     if ns.report:
-        path = Path(ns.results or study.default_results_path(design))
+        path = Path(ns.results or study.default_results_path(design, ns.design))
         result = study.report(study.load(path))
         if ns.update_docs:
-            study.write_docs(result, design.model)
+            study.write_docs(result, study.results_key(ns.design, design.model))
         print(result["markdown"])
         return 0
     study.run(

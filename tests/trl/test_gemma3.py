@@ -26,11 +26,12 @@ MAX_STEPS = 2
 def short_samples(n: int) -> list[dict[str, str]]:
     """Prompt-completion text (the GGUF has no chat template): the ``n`` shortest bundled-style CoT samples."""
     from scale_plugins.data import synthetic_cot
+    from scale_plugins.tools.paper.models import prompt_text
 
     rows = []
     for sample in synthetic_cot(64, seed=0, max_ops=2):
         user, assistant = sample["messages"]
-        rows.append({"prompt": f"Question: {user['content']}\nAnswer: ", "completion": assistant["content"]})
+        rows.append({"prompt": prompt_text([user]), "completion": assistant["content"]})
     return sorted(rows, key=lambda r: len(r["prompt"]) + len(r["completion"]))[:n]
 
 
@@ -55,6 +56,9 @@ def test_gemma3_trains_two_steps_with_scales_fused_head(gemma3_dir, tmp_path, mo
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<bos>", "<eos>", "<pad>")
     assert tok.convert_ids_to_tokens(tok("<think>", add_special_tokens=False).input_ids) == ["<", "think", ">"]
+    for row in short_samples(8):  # the base-model prompt ends on a token boundary: TRL trains the context it is asked
+        prompt = tok(row["prompt"]).input_ids
+        assert tok(row["prompt"] + row["completion"]).input_ids[: len(prompt)] == prompt
 
     data = datasets.Dataset.from_list(short_samples(2 * MAX_STEPS))
     args = ScaleSFTConfig(

@@ -66,10 +66,12 @@ class ModelSpec:
 
 def prompt_text(messages: list[dict[str, Any]]) -> str:
     """Chat messages as the plain prompt a base model is trained and asked with: any system text, then
-    ``Question: <user text>`` and ``Answer: `` (the completion follows)."""
+    ``Question: <user text>`` and ``Answer:`` on a line of its own (the completion follows on the next line). The
+    prompt ends on a newline, a token boundary in SentencePiece and BPE vocabularies alike: a trailing space would
+    merge with the completion's first token, and the trained context would differ from the one asked."""
     system = [str(m["content"]) for m in messages if m["role"] == "system"]
     user = "\n\n".join(str(m["content"]) for m in messages if m["role"] != "system")
-    return "".join(f"{text}\n\n" for text in system) + f"Question: {user}\nAnswer: "
+    return "".join(f"{text}\n\n" for text in system) + f"Question: {user}\nAnswer:\n"
 
 
 def from_checkpoint(

@@ -22,7 +22,10 @@ The rules (written down before any SCALe run of the powered study, ``DESIGNS["po
    ``claim_seeds`` seeds at ``claim_budget`` (the budget the claim rests on), ``curve_seeds`` at the others.
 4. **Statistics** (:mod:`.stats`): inside each seed, an exact McNemar test on the held-out questions; across seeds,
    the mean paired difference with its 95% t interval and an exact sign-flip p-value.
-5. **The closing-tag default**: on the dev split (seed 0, every family and budget), the ``think_close_segment``
+5. **GRPO settings** (designs with a ``grpo_grid``): vanilla SFT + GRPO alone, seed 0, at the claim budget and the
+   chosen SFT rate, once per setting; the best dev accuracy wins (ties to the cheaper setting, then the smaller
+   rate), and every GRPO arm uses it. The report gives the wall time of SFT + GRPO against SCALe-SFT's.
+6. **The closing-tag default**: on the dev split (seed 0, every family and budget), the ``think_close_segment``
    setting with fewer malformed outputs wins, ties to the higher dev accuracy, then to ``think`` (unchanged).
 
 No machine rates in code: the time estimate comes from a step, a load and a generation measured on the machine.
@@ -126,6 +129,11 @@ class Design:
     grpo_prompts_per_step: int = 0
     num_generations: int = 0
     grpo_learning_rate: float = 0.0
+    #: GRPO settings to choose from on vanilla alone: (rate, generations per prompt, prompts per step). With two or
+    #: more, vanilla SFT + GRPO runs once per setting (seed 0, the claim budget, the chosen SFT rate); the best dev
+    #: accuracy wins, ties to the cheaper setting (fewer generations x prompts), then to the smaller rate; every GRPO
+    #: arm then uses it. Empty: the ``grpo_*`` fields above
+    grpo_grid: tuple[tuple[float, int, int], ...] = ()
     #: SCALe options of every SCALe arm (``bench-paper --scale-set``), under the arm's own
     scale_options: tuple[tuple[str, Any], ...] = ()
     #: your data (family ``user``): JSONL files and the gold answer column
@@ -142,6 +150,8 @@ class Design:
                 out[name] = getattr(self, name)
         if self.scale_options:
             out["scale_options"] = dict(self.scale_options)
+        if self.grpo_grid:
+            out["grpo_grid"] = [list(g) for g in self.grpo_grid]
         if self.train_file is not None:
             out["data"] = {
                 "train_sha256": _sha256(self.train_file),
@@ -228,6 +238,24 @@ DESIGNS: dict[str, Design] = {
         const_seeds=0,
         arms=("sft", "scale_sft", "scale_close"),
         const_arms=(),
+    ),
+    # docs/results.md, the headline ("SCALe-SFT alone matches SFT + GRPO at about a seventh of the time; SCALe-SFT +
+    # GRPO is best"): the answer-bound family (where vanilla SFT left most room in every study so far), the powered
+    # design's sizes and rule at 96 SFT steps, 3 seeds, and a GRPO stage sized to take several times the SFT stage,
+    # its setting chosen on vanilla alone from grpo_grid
+    "headline": dataclasses.replace(
+        _POWERED,
+        families=("mc",),
+        budgets=(96,),
+        claim_seeds=3,
+        const_seeds=0,
+        arms=("sft", "scale_sft", "sft_grpo", "scale_sft_grpo"),
+        const_arms=(),
+        grpo_steps=150,
+        grpo_prompts_per_step=2,
+        num_generations=4,
+        grpo_learning_rate=1e-5,
+        grpo_grid=((1e-5, 4, 2), (3e-5, 4, 2), (1e-5, 8, 2)),
     ),
     # docs/results.md part 2 (12 SFT steps, 32 questions: too small to decide anything), bench-paper's default for a
     # pretrained model; the settings of that study, with every arm at the tuned rate
@@ -320,31 +348,45 @@ class Planned:
     budget: int
     lr: float | None  # None: the budget's tuned rate (known once the tuning runs are in)
     tuning: bool = False
+    #: a GRPO tuning run: the index of its setting in the design's ``grpo_grid``
+    grpo: int | None = None
 
     def key(self, lr: float) -> str:
-        return f"{self.family}/{self.budget}/{self.arm}/seed{self.seed}/lr{lr:g}"
+        base = f"{self.family}/{self.budget}/{self.arm}/seed{self.seed}/lr{lr:g}"
+        return base if self.grpo is None else f"{base}/grpo{self.grpo}"
 
 
 def plan(design: Design, families: tuple[str, ...] | None = None, arms: tuple[str, ...] | None = None) -> list[Planned]:
     """Every run of the study, in the order they run: the vanilla-only tuning first (it fixes each budget's rate; a
-    grid of one rate has none), then the curve seeds at every budget, the remaining seeds at the claim budget, then
-    the constant-LR arms."""
+    grid of one rate has none; then the GRPO setting, :func:`chosen_grpo`), then the curve seeds at every budget, the
+    remaining seeds at the claim budget, then the constant-LR arms."""
     families = families or design.families
     wanted = arms or tuple(ARMS)
     tuned = len(design.lr_grid) > 1
+    grpo_tuned = grpo_is_tuned(design) and "sft_grpo" in wanted
     out: list[Planned] = []
     if tuned:
         for budget in design.budgets:
             for family in families:
                 out += [Planned(family, "sft", 0, budget, lr, tuning=True) for lr in design.lr_grid]
+    if grpo_tuned:
+        for family in families:
+            out += [Planned(family, "sft_grpo", 0, design.claim_budget, None, tuning=True, grpo=i)
+                    for i in range(len(design.grpo_grid))]  # fmt: skip
+
+    def own_tuning_run(arm: str, seed: int, budget: int) -> bool:
+        # vanilla's seed-0 run is its tuning run at the chosen rate, and vanilla + GRPO's at the chosen setting
+        if seed != 0:
+            return False
+        return (tuned and arm == "sft") or (grpo_tuned and arm == "sft_grpo" and budget == design.claim_budget)
 
     def arm_runs(seed: int, budget: int, names: tuple[str, ...]) -> list[Planned]:
-        # vanilla's seed-0 run is its tuning run at the chosen rate; the untrained arm runs once (see Arm.trainer)
+        # the untrained arm runs once (see Arm.trainer)
         return [
             Planned(f, a, seed, budget, None)
             for f in families
             for a in names
-            if a in wanted and not (tuned and a == "sft" and seed == 0) and ARMS[a].trainer != "none"
+            if a in wanted and not own_tuning_run(a, seed, budget) and ARMS[a].trainer != "none"
         ]
 
     if "zero_shot" in design.arms and "zero_shot" in wanted:
@@ -370,7 +412,15 @@ def is_done(planned: Planned, runs: list[dict[str, Any]]) -> bool:
     prefix = planned.key(0.0).rsplit("/lr", 1)[0] + "/lr"
     if planned.lr is not None:
         return any(r["key"] == planned.key(planned.lr) for r in runs)
+    if planned.grpo is not None:
+        return any(r["key"].startswith(prefix) and r["key"].endswith(f"/grpo{planned.grpo}") for r in runs)
     return any(r["key"].startswith(prefix) and not r.get("tuning") for r in runs)
+
+
+def grpo_is_tuned(design: Design | dict[str, Any]) -> bool:
+    """Whether the design chooses its GRPO setting on vanilla alone (two or more in ``grpo_grid``, a GRPO arm)."""
+    get = design.get if isinstance(design, dict) else lambda k: getattr(design, k)
+    return len(get("grpo_grid") or ()) > 1 and "sft_grpo" in (get("arms") or ())
 
 
 # -- the results file -------------------------------------------------------------------------------------------
@@ -439,10 +489,49 @@ def chosen_lr(runs: list[dict[str, Any]], family: str, budget: int, grid: tuple[
     rate of the grid has run (a grid of one rate: that rate)."""
     if len(grid) == 1:
         return grid[0]
-    tried = {r["lr"]: r for r in runs if r.get("tuning") and r["family"] == family and r["sft_steps"] == budget}
+    tried = {r["lr"]: r for r in _lr_tuning(runs, family, budget)}
     if any(lr not in tried for lr in grid):
         return None
     return max(grid, key=lambda lr: (tried[lr]["dev_accuracy"], -lr))
+
+
+def _lr_tuning(runs: list[dict[str, Any]], family: str, budget: int) -> list[dict[str, Any]]:
+    return [r for r in runs if r.get("tuning") and r["arm"] == "sft" and r["family"] == family
+            and r["sft_steps"] == budget]  # fmt: skip
+
+
+def chosen_grpo(
+    runs: list[dict[str, Any]], family: str, budget: int, grid: tuple[tuple[float, int, int], ...]
+) -> int | None:
+    """The GRPO setting (its index in ``grid``): vanilla SFT + GRPO tuning runs (seed 0, ``budget``), best dev
+    accuracy, ties to fewer generations x prompts, then to the smaller rate; None until every setting has run."""
+    tried = {r.get("grpo_setting"): r for r in runs if r.get("tuning") and r["arm"] == "sft_grpo"
+             and r["family"] == family and r["sft_steps"] == budget}  # fmt: skip
+    if any(i not in tried for i in range(len(grid))):
+        return None
+    return max(range(len(grid)), key=lambda i: (tried[i]["dev_accuracy"], -grid[i][1] * grid[i][2], -grid[i][0]))
+
+
+def grpo_setting_of(design: Design, planned: Planned, runs: list[dict[str, Any]]) -> tuple[bool, int | None]:
+    """(ready, setting) of a GRPO run: its own setting for a tuning run, the chosen one otherwise (not ready while
+    the tuning is unfinished); ``None``: the design's ``grpo_*`` fields (no GRPO arm, or nothing to choose from)."""
+    if ARMS[planned.arm].grpo_after is None or not design.grpo_grid:
+        return True, None
+    if planned.grpo is not None:
+        return True, planned.grpo
+    if len(design.grpo_grid) == 1:
+        return True, 0
+    chosen = chosen_grpo(runs, planned.family, design.claim_budget, design.grpo_grid)
+    return chosen is not None, chosen
+
+
+def with_grpo_setting(design: Design, setting: int | None) -> Design:
+    """``design`` with its ``grpo_*`` fields set to ``grpo_grid[setting]`` (``None``: unchanged)."""
+    if setting is None:
+        return design
+    rate, generations, prompts = design.grpo_grid[setting]
+    return dataclasses.replace(design, grpo_learning_rate=rate, num_generations=generations,
+                               grpo_prompts_per_step=prompts)  # fmt: skip
 
 
 def closing_tag_choice(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -523,6 +612,7 @@ def run_one(
     work_dir: Path,
     sft: tuple[Any, float, list[dict]] | None = None,
     completions_dir: Path | None = None,
+    grpo_setting: int | None = None,
 ) -> tuple[dict[str, Any], tuple[Any, float, list[dict]]]:
     """Train one arm (SFT, or ``sft``'s model if given; then the GRPO stage of a GRPO arm), evaluate it (held-out;
     dev too for the tuning runs and the seed-0 SCALe runs); returns its record and the SFT result (model, seconds,
@@ -542,8 +632,9 @@ def run_one(
                         scale_options=options)  # fmt: skip
     model, sft_time, history = sft
     grpo_time, grpo_history = 0.0, []
+    grpo_design = with_grpo_setting(design, grpo_setting)
     if arm.grpo_after is not None:
-        model, grpo_time, grpo_history = train_grpo(spec, model, design, planned.seed, train, work_dir)
+        model, grpo_time, grpo_history = train_grpo(spec, model, grpo_design, planned.seed, train, work_dir)
     tokenizer = spec.tokenizer()
     model.to("cuda" if on_cuda() else "cpu")
     t0 = time.perf_counter()
@@ -560,6 +651,7 @@ def run_one(
         "seed": planned.seed,
         "sft_steps": planned.budget,
         "grpo_steps": design.grpo_steps if arm.grpo_after is not None else 0,
+        "grpo_setting": grpo_setting,
         "n_eval": len(held_out),
         "accuracy": sum(scored["correct"]) / len(held_out),
         "malformed_rate": sum(scored["malformed"]) / len(held_out),
@@ -585,6 +677,9 @@ def run_one(
         "sample_completions": completions[:2],
         "log_history": compact_log(history, SFT_LOG_KEYS),
     }
+    if arm.grpo_after is not None:
+        record.update({k: getattr(grpo_design, k) for k in ("grpo_learning_rate", "num_generations",
+                                                            "grpo_prompts_per_step")})  # fmt: skip
     if grpo_history:
         record["grpo_log_history"] = compact_log(grpo_history, GRPO_LOG_KEYS)
     if dev and (planned.tuning or (planned.seed == 0 and arm.trainer == "scale_sft" and arm.grpo_after is None)):
@@ -612,7 +707,8 @@ def splits_of(design: Design, families: tuple[str, ...]) -> dict[str, tuple[list
                 raise SystemExit("your data: --train-file and --eval-file go together")
             train = tasks.load_user_file(design.train_file, design.answer_column)
             held = tasks.load_user_file(design.eval_file, design.answer_column)
-            n_dev = min(design.n_dev, max(1, len(held) // 4)) if len(design.lr_grid) > 1 else 0
+            chooses = len(design.lr_grid) > 1 or grpo_is_tuned(design)
+            n_dev = min(design.n_dev, max(1, len(held) // 4)) if chooses else 0
             out[family] = (train, held[:n_dev], held[n_dev:])
         elif family in tasks.FAMILIES:
             out[family] = tasks.make_splits(family, design.n_train, design.n_dev, design.n_eval)
@@ -620,6 +716,8 @@ def splits_of(design: Design, families: tuple[str, ...]) -> dict[str, tuple[list
             raise SystemExit(f"--family {family}: choose from {sorted(tasks.FAMILIES)}")
         if len(design.lr_grid) > 1 and not out[family][1]:
             raise SystemExit(f"family {family}: a learning-rate grid of {len(design.lr_grid)} rates needs a dev split")
+        if grpo_is_tuned(design) and not out[family][1]:
+            raise SystemExit(f"family {family}: choosing among {len(design.grpo_grid)} GRPO settings needs a dev split")
     return out
 
 
@@ -650,7 +748,7 @@ def run(
 
     design = design or DESIGNS[design_name]
     spec = MODELS[design.model]
-    path = Path(results or default_results_path(design))
+    path = Path(results or default_results_path(design, design_name))
     work = Path(work_dir or os.environ.get("SCALE_PLUGINS_STUDY_TMP", "study_tmp"))
     quiet_libraries(threads)
     fams = tuple(families or design.families)
@@ -689,10 +787,16 @@ def run(
         if lr is None:
             bar.write(f"skipped {planned}: the vanilla tuning of its budget has not finished")
             continue
+        ready, setting = grpo_setting_of(design, planned, runs)
+        if not ready:
+            bar.write(f"skipped {planned}: the vanilla tuning of the GRPO setting has not finished")
+            continue
         arm = ARMS[planned.arm]
         twin = (planned.family, planned.budget, planned.seed, arm.grpo_after or "")
-        record, sft = run_one(design, planned, lr, splits[planned.family], work, sft=sft_for.pop(twin, None),
-                              completions_dir=Path(completions_dir) if completions_dir else None)  # fmt: skip
+        record, sft = run_one(design, planned, lr, splits[planned.family], work,
+                              sft=None if planned.tuning else sft_for.pop(twin, None),
+                              completions_dir=Path(completions_dir) if completions_dir else None,
+                              grpo_setting=setting)  # fmt: skip
         grpo_twin = [a for a, x in ARMS.items() if x.grpo_after == planned.arm]
         if not planned.tuning and any(p.arm in grpo_twin and (p.family, p.budget, p.seed) == twin[:3] for p in missing):
             # its GRPO twin continues from this SFT model (a tuning run's rate may not be the chosen one: its twin
@@ -706,7 +810,7 @@ def run(
     final = load(path)
     result = report(final, image=image)
     if update_docs:
-        write_docs(result, design.model)
+        write_docs(result, results_key(design_name, design.model))
     print(result["markdown"])
     return result
 
@@ -769,8 +873,15 @@ def family_process_main(call_json: str) -> None:
     run(**call)
 
 
-def default_results_path(design: Design) -> Path:
-    return MODELS[design.model].results_path()
+def results_key(design_name: str, model: str) -> str:
+    """What a study's results are called: ``<model>`` for the powered design and a model's own design (its
+    ``docs/results/<model>.json``, the docs' markers and plot), ``<model>_<design>`` for any other."""
+    return model if design_name in ("powered", model) else f"{model}_{design_name}"
+
+
+def default_results_path(design: Design, design_name: str = "powered") -> Path:
+    """``docs/results/<key>.json`` (relative to a clone's root; :func:`results_key`)."""
+    return MODELS[design.model].results_path().with_name(f"{results_key(design_name, design.model)}.json")
 
 
 def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> float:
@@ -840,12 +951,18 @@ def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> fl
 def _cells(runs: list[dict[str, Any]], design: dict[str, Any]) -> dict[tuple[str, int, str], dict[int, dict]]:
     """{(family, budget, arm): {seed: run}} at each budget's tuned rate; vanilla's seed 0 is its tuning run there."""
     grid = tuple(design["lr_grid"])
+    grpo_grid = tuple(tuple(g) for g in design.get("grpo_grid") or ())
     out: dict[tuple[str, int, str], dict[int, dict]] = {}
     for r in runs:
         lr = chosen_lr(runs, r["family"], r["sft_steps"], grid)
         if lr is None or not math.isclose(r["lr"], lr):
             continue
-        if r.get("tuning") and r["arm"] != "sft":
+        if ARMS[r["arm"]].grpo_after is not None and grpo_is_tuned(design):
+            # only the GRPO runs at the chosen setting (vanilla's seed 0: its tuning run there)
+            chosen = chosen_grpo(runs, r["family"], design["claim_budget"], grpo_grid)
+            if chosen is None or r.get("grpo_setting") != chosen:
+                continue
+        elif r.get("tuning") and r["arm"] != "sft":
             continue
         out.setdefault((r["family"], r["sft_steps"], r["arm"]), {})[r["seed"]] = r
     return out
@@ -948,13 +1065,14 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
         lines.append("|---|---|" + "---|" * (len(design["lr_grid"]) + 1))
     for family in families:
         for budget in budgets:
-            tried = {r["lr"]: r for r in runs if r.get("tuning") and r["family"] == family and r["sft_steps"] == budget}
+            tried = {r["lr"]: r for r in _lr_tuning(runs, family, budget)}
             if not tried:
                 continue
             row = [f"{_pct(tried[lr]['dev_accuracy'])}" if lr in tried else "pending" for lr in design["lr_grid"]]
             lr = chosen_lr(runs, family, budget, tuple(design["lr_grid"]))
             lines.append(f"| `{family}` | {budget} | " + " | ".join(row) + f" | {lr:g} |" if lr else
                          f"| `{family}` | {budget} | " + " | ".join(row) + " | pending |")  # fmt: skip
+    lines += _grpo_lines(runs, design, families)
     for family in families:
         lines += ["", f"#### `{family}` ({REGIMES.get(family, family)}): held-out accuracy by SFT budget", ""]
         lines.append("| arm | " + " | ".join(f"{b} steps" for b in budgets) + " |")
@@ -1000,6 +1118,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
             if any(k[0] == family and k[2] == arm for k in cells):
                 reach.append(f"{ARMS[arm].label}: " + (f"{hit[0]} steps ({hit[1]:.0f} s)" if hit else "not reached"))
         lines += ["", f"First budget at which the mean accuracy reaches {_pct(target)}: " + "; ".join(reach) + "."]
+        lines += _time_ratio_lines(cells, family, budgets)
         with_data = [b for b in budgets if any(k[0] == family and k[1] == b for k in cells)]
         if with_data:
             at = design["claim_budget"] if design["claim_budget"] in with_data else max(with_data)
@@ -1016,9 +1135,48 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
     summary = summarize(all_pairs, design)
     lines += ["", "**What the data say:** " + summary]
     if cells:  # write_docs draws it from the same file
-        image = image or f"img/results_{design.get('model', 'smollm2')}_curve.png"
+        key = results_key(design.get("name", "powered"), design.get("model", "smollm2"))
+        image = image or f"img/results_{key}_curve.png"
         lines += ["", f"![accuracy vs SFT budget and wall time]({image})"]
     return {"markdown": "\n".join(lines) + "\n", "summary": summary, "pairs": all_pairs, "closing_tag": choice}
+
+
+def _grpo_lines(runs: list[dict[str, Any]], design: dict[str, Any], families: list[str]) -> list[str]:
+    """The table of the vanilla-only GRPO setting choice (:func:`chosen_grpo`), where the design has one."""
+    if not grpo_is_tuned(design):
+        return []
+    grid = tuple(tuple(g) for g in design["grpo_grid"])
+    head = " | ".join(f"rate {g[0]:g}, {g[1]} gen. x {g[2]} prompts" for g in grid)
+    lines = ["", f"**GRPO setting** (vanilla SFT + GRPO alone, seed 0, {design['claim_budget']} SFT steps, "
+             f"{design['grpo_steps']} GRPO steps, dev accuracy; ties to the cheaper, then the smaller rate):", "",
+             f"| family | {head} | chosen |", "|---|" + "---|" * (len(grid) + 1)]  # fmt: skip
+    for family in families:
+        tried = {r.get("grpo_setting"): r for r in runs if r.get("tuning") and r["arm"] == "sft_grpo"
+                 and r["family"] == family}  # fmt: skip
+        if not tried:
+            continue
+        row = [_pct(tried[i]["dev_accuracy"]) if i in tried else "pending" for i in range(len(grid))]
+        chosen = chosen_grpo(runs, family, design["claim_budget"], grid)
+        lines.append(f"| `{family}` | " + " | ".join(row) + f" | {'pending' if chosen is None else chosen + 1} |")
+    return lines
+
+
+def _time_ratio_lines(cells: dict, family: str, budgets: list[int]) -> list[str]:
+    """Per budget with both: the wall time of vanilla SFT + GRPO against SCALe-SFT's (the paper's time claim), and
+    the GRPO stage against its own SFT stage."""
+    out = []
+    for budget in budgets:
+        grpo, scale = cells.get((family, budget, "sft_grpo"), {}), cells.get((family, budget, "scale_sft"), {})
+        if not grpo or not scale:
+            continue
+        total = statistics.fmean(_wall(r) for r in grpo.values())
+        sft_stage = statistics.fmean(r["sft_time_s"] for r in grpo.values())
+        ours = statistics.fmean(r["sft_time_s"] for r in scale.values())
+        out.append(
+            f"Wall time at {budget} steps: vanilla SFT + GRPO {total:.0f} s = {total / ours:.1f}x SCALe-SFT's "
+            f"{ours:.0f} s (its GRPO stage {(total - sft_stage) / max(sft_stage, 1e-9):.1f}x its SFT stage)."
+        )
+    return ["", *out] if out else []
 
 
 #: the further arms a regime's sentence names, after SCALe-SFT − vanilla SFT: (arm, baseline, words)
@@ -1149,10 +1307,11 @@ def replace_block(text: str, model: str, body: str) -> str:
     return f"{head}{begin}\n{body.strip()}\n{end}{tail}"
 
 
-def write_docs(result: dict[str, Any], model: str, root: Path = Path(".")) -> None:
-    """docs/results.md's generated section and README's summary line, from :func:`report`."""
+def write_docs(result: dict[str, Any], key: str, root: Path = Path(".")) -> None:
+    """docs/results.md's generated section and README's summary line of the study ``key`` (:func:`results_key`),
+    from :func:`report`, and its plot."""
     results_md = root / "docs" / "results.md"
-    results_md.write_text(replace_block(results_md.read_text(), model, result["markdown"]))
+    results_md.write_text(replace_block(results_md.read_text(), key, result["markdown"]))
     readme = root / "README.md"
-    readme.write_text(replace_block(readme.read_text(), model, result["summary"]))
-    plot(load(root / "docs" / "results" / f"{model}.json"), root / "docs" / "img" / f"results_{model}_curve.png")
+    readme.write_text(replace_block(readme.read_text(), key, result["summary"]))
+    plot(load(root / "docs" / "results" / f"{key}.json"), root / "docs" / "img" / f"results_{key}_curve.png")
