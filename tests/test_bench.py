@@ -93,3 +93,30 @@ def test_tagging_rows_are_packed_cot_samples() -> None:
     text = tokenizer.decode(labels[0][labels[0] != -100].tolist())
     assert text.count("<think>") >= 2 and text.count("</think>") >= 2 and "<answer>" in text
     assert bool((labels == -100).any())  # the prompts are masked
+
+
+def test_packed_text_rows_for_a_model_without_a_chat_template() -> None:
+    """--trainer-model gemma3: the bundled samples as prompt-completion text, packed into rows of exactly --trainer-seq
+    tokens; the prompts unsupervised, each completion and its end of text supervised."""
+    from scale_plugins.hf.offline_tokenizers import qwen_tokenizer
+
+    tok = qwen_tokenizer(qwen3_specials=False)
+    samples = bench._text_samples()
+    assert all(s["prompt"].startswith("Question: ") and s["prompt"].endswith("\nAnswer:\n") for s in samples)
+    assert all(s["completion"].startswith("<think>") for s in samples)
+    rows = bench._packed_text_rows(tok, 512, 3)
+    assert len(rows) == 3 and all(len(r["input_ids"]) == len(r["labels"]) == 512 for r in rows)
+    first = samples[0]
+    prompt = tok(first["prompt"])["input_ids"]
+    completion = tok(first["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert rows[0]["input_ids"][: len(prompt) + len(completion)] == prompt + completion
+    assert rows[0]["labels"][: len(prompt) + len(completion)] == [-100] * len(prompt) + completion
+    assert rows[0]["position_ids"][: len(prompt) + 2] == list(range(len(prompt) + 2))
+
+
+def test_trainer_model_option() -> None:
+    ns = build_parser().parse_args(["bench", "--trainer", "--trainer-model", "gemma3", "--trainer-seq", "2048"])
+    assert ns.trainer_model == "gemma3" and ns.trainer_seq == 2048
+    assert build_parser().parse_args(["bench"]).trainer_model == "tiny"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--trainer-model", "llama"])

@@ -24,6 +24,9 @@ tiny Qwen2 (the full Qwen vocabulary, so the LM head and loss dominate) and the 
 - ``--host llamafactory``: stock ``CustomSeq2SeqTrainer`` (the model's ``ForCausalLMLoss`` on the
   logits) vs ``ScaleSeq2SeqTrainer`` (SCALe's fused head).
 
+``--trainer-model gemma3`` runs the same arms on the real Gemma 3 270M (vocabulary 262,144, every weight trained) with
+the bundled samples as prompt-completion text, where the logits dominate the loss path's memory (docs/performance.md).
+
 The Axolotl and LLaMA-Factory arms are the hosts' trainer classes, fed pre-packed rows through
 ``transformers``' default collator (not the hosts' dataset pipelines, which do not change the loss).
 """
