@@ -21,6 +21,8 @@ import pytest
 
 from .helpers import CLI, step_logs
 
+STEPS = 60
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HAS_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
 LAUNCH_ARGS = [
@@ -137,7 +139,10 @@ def test_select_scale_preview_and_start(webui, tiny, tmp_path):
             _set_number(page, "Batch size", 4)
             _set_number(page, "Gradient accumulation", 1)
             page.get_by_text("Extra configurations", exact=True).click()
-            extra = {"max_steps": 2, "logging_steps": 1, "preprocessing_num_workers": 1, "save_strategy": "no"}
+            # LlamaBoard's monitor reads the log every 2 s while the run lives and shows, once it ended, the log it read
+            # last: a run that logged and ended between two reads would show none of it. 60 steps (a few seconds on
+            # the tiny model) keep the run alive over several reads after its first log line.
+            extra = {"max_steps": STEPS, "logging_steps": 1, "preprocessing_num_workers": 1, "save_strategy": "no"}
             _fill(page, "Extra arguments", json.dumps(extra))
 
             _choose(page, "Loss function", "SCALe")
@@ -196,12 +201,18 @@ def test_select_scale_preview_and_start(webui, tiny, tmp_path):
     assert len(states) == 1, states
     run = states[0].parent
     logs = step_logs(run)
-    assert [entry["scale/answer_weight"] for entry in logs] == pytest.approx([0.2, 0.6])  # first and last step
+    assert len(logs) == STEPS
+    weights = [entry["scale/answer_weight"] for entry in logs]
+    assert weights[0] == pytest.approx(0.2) and weights[-1] == pytest.approx(0.6) and weights == sorted(weights)
     assert "SCALe loss active on rank 0" in (run / "running_log.txt").read_text()
-    # the UI's log: one line of SCALe metrics per logging step, as in the file it reads
-    for entry in logs:
-        assert f"'scale/answer_weight': {entry['scale/answer_weight']:.4f}" in shown, shown
-        assert f"'scale/think_loss': {entry['scale/think_loss']:.4f}" in shown, shown
+    # the UI's log: one line of SCALe metrics per logging step, as in the file it reads (up to the monitor's last read)
+    seen = [
+        entry
+        for entry in logs
+        if f"'scale/answer_weight': {entry['scale/answer_weight']:.4f}" in shown
+        and f"'scale/think_loss': {entry['scale/think_loss']:.4f}" in shown
+    ]
+    assert seen and seen[0] is logs[0], shown
     # trainer_log.jsonl (the UI's loss plot reads it) has the SCALe metrics of every step
     lines = [json.loads(line) for line in (run / "trainer_log.jsonl").read_text().splitlines()]
     lines = [line for line in lines if "loss" in line]
