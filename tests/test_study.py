@@ -257,6 +257,117 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert "SCALe-SFT, closer as answer" in capsys.readouterr().out
 
 
+# -- the precision rule: seeds at the claim budget until every interval is narrow enough ---------------------------
+
+
+def _precise_design(**changes):
+    # one family, one budget, one rate (no tuning: vanilla's seed 0 is an ordinary run), 3 seeds, up to 5
+    settings = dict(families=("mc",), budgets=(96,), claim_budget=96, claim_seeds=3, curve_seeds=3, const_seeds=0,
+                    const_arms=(), lr_grid=(1e-3,), max_claim_seeds=5)  # fmt: skip
+    return dataclasses.replace(study.DESIGNS["powered"], **{**settings, **changes})
+
+
+def _correct(accuracy: float, n: int = 100) -> str:
+    k = round(accuracy * n)
+    return "1" * k + "0" * (n - k)
+
+
+def _seed_runs(seed: int, scale: float, close: float, sft: float = 0.5) -> list[dict]:
+    return [_run(arm=arm, seed=seed, budget=96, correct=_correct(acc))
+            for arm, acc in (("sft", sft), ("scale_sft", scale), ("scale_close", close))]  # fmt: skip
+
+
+def test_seeds_for_width():
+    # t(25) 0.25 / sqrt(26) = 0.101 > 0.10; t(26) 0.25 / sqrt(27) = 0.0989
+    assert study.seeds_for_width(0.25, 0.10) == 27
+    assert study.seeds_for_width(0.0, 0.10) == 2
+    assert study.seeds_for_width(5.0, 0.01) is None
+
+
+def test_precision_rule_adds_seeds_while_an_interval_is_too_wide():
+    design = _precise_design()
+    assert study.claim_pairs(design) == [("scale_sft", "sft"), ("scale_close", "sft"), ("scale_close", "scale_sft")]
+    narrow = [r for s, d in enumerate((0.05, 0.05, 0.06)) for r in _seed_runs(s, 0.5 + d, 0.5 + d)]
+    assert study.claim_seed_count(design, narrow, "mc") == 3
+    # SCALe − vanilla narrow, the closer arm's differences spread over 50 points: one more seed of every arm
+    wide = [r for s, (d, c) in enumerate(((0.05, 0.3), (0.05, -0.2), (0.06, 0.1))) for r in _seed_runs(s, 0.5 + d,
+                                                                                                      0.5 + c)]  # fmt: skip
+    assert study.claim_seed_count(design, wide, "mc") == 4
+    added = [p for p in study.plan(design, runs=wide) if p.seed == 3]
+    assert sorted(p.arm for p in added) == ["scale_close", "scale_sft", "sft"] and {p.budget for p in added} == {96}
+    assert not any(p.seed == 3 for p in study.plan(design))  # no runs: the design's seeds
+    # until seed 3 has run for every arm, nothing more is added
+    partial = wide + _seed_runs(3, 0.55, 0.9)[:2]
+    assert study.claim_seed_count(design, partial, "mc") == 4
+    # the rule sees the spread only: the same differences shifted by 20 points add the same seeds
+    shifted = [{**r, "accuracy": r["accuracy"] + 0.2} if r["arm"] != "sft" else r for r in wide]
+    assert study.claim_seed_count(design, shifted, "mc") == 4
+    # still wide after seeds 3 and 4: capped at max_claim_seeds
+    more = wide + _seed_runs(3, 0.55, 0.9) + _seed_runs(4, 0.55, 0.1)
+    assert study.claim_seed_count(design, more, "mc") == 5
+    # a seed that narrows every interval stops the rule; another family is untouched
+    calm = narrow + _seed_runs(3, 0.55, 0.55)
+    assert study.claim_seed_count(design, calm, "mc") == 3 and study.claim_seed_count(design, wide, "arith") == 3
+    # fixed seeds: no rule
+    assert study.claim_seed_count(_precise_design(max_claim_seeds=0), wide, "mc") == 3
+    assert study.claim_seed_count(dataclasses.replace(design, seeds=(0, 1, 2)), wide, "mc") == 3
+    assert study.DESIGNS["powered"].max_claim_seeds >= 16 and study.DESIGNS["powered"].target_half_width == 0.10
+    assert study.DESIGNS["gemma3"].max_claim_seeds == 0 and study.DESIGNS["headline"].max_claim_seeds == 0
+
+
+def test_report_states_the_precision_and_the_added_seeds():
+    design = _precise_design()
+    wide = [r for s, c in enumerate((0.3, -0.2, 0.1)) for r in _seed_runs(s, 0.55, 0.5 + c)]
+    data = {"design": {"name": "powered", **dataclasses.asdict(design)}, "runs": wide}
+    result = study.report(data)
+    text = result["markdown"]
+    assert "Precision at 96 steps (the claim needs each 95% interval within ±10 points)" in text
+    assert "SCALe-SFT (defaults) − vanilla SFT ±0.0 with 3 seeds (met)" in text
+    # the closer arm: differences +30, -20, +10 points (sd 25.2): t(2) 25.2 / sqrt(3) = ±62.5; t(26) 25.2 / sqrt(27)
+    # = 9.97 is the first within ±10
+    assert ("SCALe-SFT, closer as answer − vanilla SFT ±62.5 with 3 seeds (not met: its spread (sd 25.2 points) needs "
+            "about 27 seeds)") in text  # fmt: skip
+    assert "The precision rule runs 4 seeds here so far (from 3, at most 5)." in text
+    assert f"9 of {len(study.plan(design)) + 3} planned runs" in text
+    assert "(study in progress: 4 seeds planned)" in result["summary"]
+    assert "SCALe-SFT is 5.0 points better (significant" in result["summary"]
+    # at the cap, SCALe − vanilla still spread over 70 points: the sentence says it is too wide for the claim
+    capped = [r for s, c in enumerate((0.3, -0.2, 0.1, 0.4, -0.3)) for r in _seed_runs(s, 0.5 + c, 0.5 + c)]
+    summary = study.report({**data, "runs": capped})["summary"]
+    assert "in progress" not in summary and "(its interval is wider than the ±10 points the claim needs)" in summary
+    # met at the claim's seeds: neither
+    calm = [r for s in range(3) for r in _seed_runs(s, 0.55, 0.55)]
+    summary = study.report({**data, "runs": calm})["summary"]
+    assert "in progress" not in summary and "wider" not in summary
+
+
+def test_the_runner_runs_the_seeds_the_precision_rule_adds(tmp_path, monkeypatch):
+    """The loop plans again after its last run: seeds are added while the intervals are wide, up to the cap."""
+    design = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,
+                                 n_eval=4, arms=("sft", "scale_sft"))  # fmt: skip
+    monkeypatch.setattr(study, "estimate_seconds", lambda *a, **k: 0.0)
+
+    def fake_run_one(design, planned, lr, data, work_dir, sft=None, completions_dir=None, grpo_setting=None):
+        # SCALe − vanilla alternates +50 / -50 points: never within ±10
+        acc = 0.5 if planned.arm == "sft" else (1.0 if planned.seed % 2 else 0.0)
+        record = _run(family=planned.family, arm=planned.arm, seed=planned.seed, budget=planned.budget, lr=lr,
+                      correct=_correct(acc, 4))  # fmt: skip
+        return record, None
+
+    monkeypatch.setattr(study, "run_one", fake_run_one)
+    results = tmp_path / "tiny.json"
+    study.run("powered", results=results, design=design, threads=1)
+    runs = study.load(results)["runs"]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [(a, s) for a in ("scale_sft", "sft") for s in range(5)]
+    # a calm study stops at its claim seeds
+    monkeypatch.setattr(study, "run_one", lambda design, planned, lr, *a, **k: (
+        _run(family=planned.family, arm=planned.arm, seed=planned.seed, budget=planned.budget, lr=lr,
+             correct="1100" if planned.arm == "sft" else "1110"), None))  # fmt: skip
+    calm = tmp_path / "calm.json"
+    study.run("powered", results=calm, design=design, threads=1)
+    assert sorted(r["seed"] for r in study.load(calm)["runs"]) == [0, 0, 1, 1, 2, 2]
+
+
 # -- the GRPO setting, chosen on vanilla alone ---------------------------------------------------------------------
 
 

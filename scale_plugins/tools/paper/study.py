@@ -20,6 +20,10 @@ The rules (written down before any SCALe run of the powered study, ``DESIGNS["po
    SCALe with token normalization; and a GRPO stage after vanilla or SCALe SFT.
 3. **Budgets**: each budget is its own run with its own schedules (SCALe's cosine reaches its end in every run).
    ``claim_seeds`` seeds at ``claim_budget`` (the budget the claim rests on), ``curve_seeds`` at the others.
+   **Precision** (:func:`claim_seed_count`, designs with ``max_claim_seeds``): once those seeds have all run, while
+   the 95% interval of some paired difference at the claim budget is wider than ``target_half_width`` (10 points),
+   one more seed of every arm, up to ``max_claim_seeds``. The rule looks at the spread of the differences only,
+   never at their sign or size, so the intervals keep their meaning.
 4. **Statistics** (:mod:`.stats`): inside each seed, an exact McNemar test on the held-out questions; across seeds,
    the mean paired difference with its 95% t interval and an exact sign-flip p-value.
 5. **GRPO settings** (designs with a ``grpo_grid``): vanilla SFT + GRPO alone, seed 0, at the claim budget and the
@@ -134,6 +138,13 @@ class Design:
     #: accuracy wins, ties to the cheaper setting (fewer generations x prompts), then to the smaller rate; every GRPO
     #: arm then uses it. Empty: the ``grpo_*`` fields above
     grpo_grid: tuple[tuple[float, int, int], ...] = ()
+    #: the precision a claim needs: every paired difference at the claim budget with a 95% interval of at most
+    #: +- this (accuracy as a fraction; the report says where it is met and how many seeds the spread would need)
+    target_half_width: float = 0.10
+    #: the precision rule (:func:`claim_seed_count`): once the claim budget's seeds have all run, while some paired
+    #: difference there has an interval wider than ``target_half_width``, one more seed of every arm, up to this
+    #: many seeds (at most ``claim_seeds``: the seeds are fixed)
+    max_claim_seeds: int = 0
     #: SCALe options of every SCALe arm (``bench-paper --scale-set``), under the arm's own
     scale_options: tuple[tuple[str, Any], ...] = ()
     #: your data (family ``user``): JSONL files and the gold answer column
@@ -201,6 +212,7 @@ _POWERED = Design(
     max_new_tokens=100,
     eval_batch_size=50,
     target_accuracy=0.7,
+    max_claim_seeds=16,
 )
 
 DESIGNS: dict[str, Design] = {
@@ -232,6 +244,7 @@ DESIGNS: dict[str, Design] = {
     # one SFT budget (the largest of the powered curve), 3 seeds; the rate chosen on vanilla alone, as there
     "gemma3": dataclasses.replace(
         _POWERED,
+        max_claim_seeds=0,
         model="gemma3",
         budgets=(96,),
         claim_seeds=3,
@@ -245,6 +258,7 @@ DESIGNS: dict[str, Design] = {
     # its setting chosen on vanilla alone from grpo_grid
     "headline": dataclasses.replace(
         _POWERED,
+        max_claim_seeds=0,
         families=("mc",),
         budgets=(96,),
         claim_seeds=3,
@@ -356,10 +370,16 @@ class Planned:
         return base if self.grpo is None else f"{base}/grpo{self.grpo}"
 
 
-def plan(design: Design, families: tuple[str, ...] | None = None, arms: tuple[str, ...] | None = None) -> list[Planned]:
+def plan(
+    design: Design,
+    families: tuple[str, ...] | None = None,
+    arms: tuple[str, ...] | None = None,
+    runs: list[dict[str, Any]] | None = None,
+) -> list[Planned]:
     """Every run of the study, in the order they run: the vanilla-only tuning first (it fixes each budget's rate; a
     grid of one rate has none; then the GRPO setting, :func:`chosen_grpo`), then the curve seeds at every budget, the
-    remaining seeds at the claim budget, then the constant-LR arms."""
+    remaining seeds at the claim budget, the seeds the precision rule adds given ``runs`` (the finished runs;
+    :func:`claim_seed_count`), then the constant-LR arms."""
     families = families or design.families
     wanted = arms or tuple(ARMS)
     tuned = len(design.lr_grid) > 1
@@ -402,9 +422,53 @@ def plan(design: Design, families: tuple[str, ...] | None = None, arms: tuple[st
                 out += arm_runs(seed, budget, design.arms)
         for seed in range(design.curve_seeds, design.claim_seeds):
             out += arm_runs(seed, design.claim_budget, design.arms)
+        for family in families if runs is not None else ():
+            for seed in range(max(design.curve_seeds, design.claim_seeds), claim_seed_count(design, runs, family)):
+                out += [p for p in arm_runs(seed, design.claim_budget, design.arms) if p.family == family]
     for seed in range(design.const_seeds):
         out += arm_runs(seed, design.const_budget, design.const_arms)
     return list(dict.fromkeys(out))
+
+
+def claim_pairs(design: Design | dict[str, Any]) -> list[tuple[str, str]]:
+    """The paired differences (:data:`PAIRS`) at the claim budget whose two arms the design trains there."""
+    arms = design["arms"] if isinstance(design, dict) else design.arms
+    trained = {a for a in arms if ARMS[a].trainer != "none"}
+    return [(a, b) for a, b in PAIRS if a in trained and b in trained]
+
+
+def _half_width(cells: dict, family: str, budget: int, arm: str, base: str, seeds: range) -> float:
+    diffs = [cells[family, budget, arm][s]["accuracy"] - cells[family, budget, base][s]["accuracy"] for s in seeds]
+    return stats.t_interval(diffs)["half_width"]
+
+
+def claim_seed_count(design: Design, runs: list[dict[str, Any]], family: str) -> int:
+    """How many seeds ``family`` has at the claim budget under the precision rule, given the finished ``runs``:
+    ``claim_seeds``, plus one for each time that all seeds so far had run and some paired difference there
+    (:func:`claim_pairs`, over exactly those seeds) still had a 95% interval wider than ``target_half_width``; at
+    most ``max_claim_seeds``. The rule sees the spread of the differences, never their mean."""
+    n = design.claim_seeds
+    pairs = claim_pairs(design)
+    if design.seeds is not None or design.max_claim_seeds <= n or not pairs:
+        return n
+    cells = _cells(runs, dataclasses.asdict(design))
+    budget = design.claim_budget
+    while n < design.max_claim_seeds:
+        if any(s not in cells.get((family, budget, a), {}) for pair in pairs for a in pair for s in range(n)):
+            return n  # the seeds so far have not all run yet
+        if max(_half_width(cells, family, budget, a, b, range(n)) for a, b in pairs) <= design.target_half_width:
+            return n
+        n += 1
+    return n
+
+
+def seeds_for_width(sd: float, target: float, most: int = 200) -> int | None:
+    """The fewest seeds whose 95% t interval of a mean is at most +- ``target`` wide when the differences spread with
+    standard deviation ``sd`` (None: more than ``most``)."""
+    for n in range(2, most + 1):
+        if stats.t_quantile_975(n - 1) * sd / math.sqrt(n) <= target:
+            return n
+    return None
 
 
 def is_done(planned: Planned, runs: list[dict[str, Any]]) -> bool:
@@ -753,9 +817,10 @@ def run(
     quiet_libraries(threads)
     fams = tuple(families or design.families)
     splits = splits_of(design, fams)
-    todo_plan = plan(design, fams, tuple(arms) if arms else None)
+    arms_t = tuple(arms) if arms else None
     data = load(path)
     _check_design(data, design_name, design, path)
+    todo_plan = plan(design, fams, arms_t, data.get("runs", []))
     missing = [p for p in todo_plan if not is_done(p, data.get("runs", []))]
     if "design" not in data:
         append_run(path, design_name, design, None)
@@ -779,9 +844,10 @@ def run(
     bar = tqdm(total=len(missing), desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
     ran = 0
     sft_for: dict[tuple[str, int, int, str], tuple[Any, float, list[dict]]] = {}
-    for planned in missing:
-        if max_runs is not None and ran >= max_runs:
-            break
+    tried: set[Planned] = set()
+    while missing and (max_runs is None or ran < max_runs):
+        planned = missing.pop(0)
+        tried.add(planned)
         runs = load(path).get("runs", [])
         lr = planned.lr if planned.lr is not None else chosen_lr(runs, planned.family, planned.budget, design.lr_grid)
         if lr is None:
@@ -806,6 +872,11 @@ def run(
         ran += 1
         bar.update(1)
         bar.set_postfix_str(f"{record['key']}: acc {record['accuracy']:.2f}")
+        if not missing:  # the precision rule may call for further seeds now
+            runs = load(path).get("runs", [])
+            missing = [p for p in plan(design, fams, arms_t, runs) if p not in tried and not is_done(p, runs)]
+            bar.total += len(missing)
+            bar.refresh()
     bar.close()
     final = load(path)
     result = report(final, image=image)
@@ -836,6 +907,8 @@ def _family_processes(
     logs.mkdir(parents=True, exist_ok=True)
     code = "import sys; from scale_plugins.tools.paper.study import family_process_main; family_process_main(sys.stdin.read())"
     bar = tqdm(total=len(missing), desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
+    arms_t = tuple(arms) if arms else None
+    known = set(plan(design, families, arms_t, load(path).get("runs", [])))
     pending, running, failed = list(families), {}, []
     while pending or running:
         while pending and len(running) < jobs:
@@ -858,7 +931,8 @@ def _family_processes(
                 if proc.returncode != 0:
                     failed.append(family)
         runs = load(path).get("runs", [])
-        bar.n = sum(is_done(p, runs) for p in missing)
+        counted = missing + [p for p in plan(design, families, arms_t, runs) if p not in known]  # + added seeds
+        bar.total, bar.n = len(counted), sum(is_done(p, runs) for p in counted)
         bar.refresh()
     bar.close()
     if failed:
@@ -1048,7 +1122,8 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
     budgets = list(design["budgets"])
     lines: list[str] = []
     all_pairs: list[dict[str, Any]] = []
-    n_total = len(plan(design_from_dict(design)))
+    design_obj = design_from_dict(design)
+    n_total = len(plan(design_obj, runs=runs))
     lines.append(
         f"{len(runs)} of {n_total} planned runs finished "
         f"(model {runs[0]['model']}; devices: {', '.join(sorted({r['device'] + ' ' + r['precision'] for r in runs}))})."
@@ -1106,6 +1181,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                     f"| {ARMS[arm].label} − {ARMS[base].label} | {budget} | {_interval(p['interval'])} | "
                     f"{p['sign_flip_p']:.2g} | {per} |"
                 )
+        lines += _precision_lines(cells, design_obj, runs, family)
         target = design["target_accuracy"]
         reach = []
         for arm in ARMS:
@@ -1132,13 +1208,45 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
             f"`answer`: {choice['answer']['dev_malformed']} malformed, {choice['answer']['dev_correct']} correct "
             f"-> `{choice['chosen']}`.",
         ]
-    summary = summarize(all_pairs, design)
+    summary = summarize(all_pairs, design, {f: claim_seed_count(design_obj, runs, f) for f in families})
     lines += ["", "**What the data say:** " + summary]
     if cells:  # write_docs draws it from the same file
         key = results_key(design.get("name", "powered"), design.get("model", "smollm2"))
         image = image or f"img/results_{key}_curve.png"
         lines += ["", f"![accuracy vs SFT budget and wall time]({image})"]
     return {"markdown": "\n".join(lines) + "\n", "summary": summary, "pairs": all_pairs, "closing_tag": choice}
+
+
+def _precision_lines(cells: dict, design: Design, runs: list[dict[str, Any]], family: str) -> list[str]:
+    """Per paired difference at the claim budget: its interval's half-width against ``target_half_width``, the seeds
+    its spread would need, and how many seeds the precision rule runs there now."""
+    parts = []
+    for arm, base in claim_pairs(design):
+        p = paired(cells, family, design.claim_budget, arm, base)
+        if p is None or p["interval"]["n"] < 2:
+            continue
+        half = p["interval"]["half_width"]
+        if half <= design.target_half_width:
+            state = "met"
+        else:
+            sd = statistics.stdev(s["diff"] for s in p["per_seed"])
+            need = seeds_for_width(sd, design.target_half_width)
+            state = f"not met: its spread (sd {100 * sd:.1f} points) needs " + (
+                f"about {need} seeds" if need else "more than 200 seeds"
+            )
+        parts.append(f"{ARMS[arm].label} − {ARMS[base].label} ±{100 * half:.1f} with {p['interval']['n']} seeds "
+                     f"({state})")  # fmt: skip
+    if not parts:
+        return []
+    rule = ""
+    if design.seeds is None and design.max_claim_seeds > design.claim_seeds:
+        rule = (f" The precision rule runs {claim_seed_count(design, runs, family)} seeds here so far (from "
+                f"{design.claim_seeds}, at most {design.max_claim_seeds}).")  # fmt: skip
+    return [
+        "",
+        f"Precision at {design.claim_budget} steps (the claim needs each 95% interval within "
+        f"±{100 * design.target_half_width:g} points): " + "; ".join(parts) + "." + rule,
+    ]
 
 
 def _grpo_lines(runs: list[dict[str, Any]], design: dict[str, Any], families: list[str]) -> list[str]:
@@ -1184,9 +1292,11 @@ _ALSO = (("scale_close", "sft", "with the closer as answer"), ("scale_token", "s
          ("scale_sft_grpo", "sft_grpo", "after GRPO"), ("scale_sft", "sft_grpo", "against vanilla SFT + GRPO"))  # fmt: skip
 
 
-def summarize(pairs: list[dict[str, Any]], design: dict[str, Any]) -> str:
+def summarize(pairs: list[dict[str, Any]], design: dict[str, Any], seeds: dict[str, int] | None = None) -> str:
     """One sentence per regime for SCALe-SFT (defaults) − vanilla SFT at the claim budget (or the largest with
-    data), and the other SCALe arms at that budget (:data:`_ALSO`)."""
+    data), and the other SCALe arms at that budget (:data:`_ALSO`); ``seeds``: per family, the seeds the claim
+    budget has under the precision rule (default ``claim_seeds``)."""
+    target = design.get("target_half_width", _DEFAULTS["target_half_width"])
     parts = []
     for family in design["families"]:
         mine = [p for p in pairs if p["family"] == family and p["arm"] == "scale_sft" and p["base"] == "sft"]
@@ -1200,8 +1310,12 @@ def summarize(pairs: list[dict[str, Any]], design: dict[str, Any]) -> str:
                     and p["budget"] == best["budget"]]  # fmt: skip
             if also:
                 text += f"; {words} {_verdict(also[0])}"
-        enough = best["interval"]["n"] >= design["claim_seeds"]
-        parts.append(text + ("" if enough else f" (study in progress: {design['claim_seeds']} seeds planned)"))
+        planned = (seeds or {}).get(family, design["claim_seeds"])
+        if best["interval"]["n"] < planned:
+            text += f" (study in progress: {planned} seeds planned)"
+        elif best["budget"] == design["claim_budget"] and best["interval"]["half_width"] > target:
+            text += f" (its interval is wider than the ±{100 * target:g} points the claim needs)"
+        parts.append(text)
     return ". ".join(parts) + "." if parts else "No paired comparison has finished yet."
 
 
