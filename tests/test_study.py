@@ -154,7 +154,7 @@ def test_report_pairs_arms_at_the_tuned_rate_with_exact_tests():
     assert pair["per_seed"][0]["only_first"] == 6 and pair["per_seed"][0]["p"] == pytest.approx(2 / 64)
     assert pair["significant"] and pair["sign_flip_p"] == pytest.approx(2 / 16)
     assert "60.0 points better (significant" in result["summary"]
-    assert "study in progress" in result["summary"]  # 4 of the 8 planned seeds
+    assert result["summary"].endswith("(study in progress: none yet at 96, the budget the claim rests on).")
     assert "| `mc` | 24 | 50.0% | 25.0% | 0.001 |" in result["markdown"]
 
     # the opposite sign, and a difference that the interval does not decide
@@ -329,12 +329,20 @@ def test_report_states_the_precision_and_the_added_seeds():
             "about 27 seeds)") in text  # fmt: skip
     assert "The precision rule runs 4 seeds here so far (from 3, at most 5)." in text
     assert f"9 of {len(study.plan(design)) + 3} planned runs" in text
-    assert "(study in progress: 4 seeds planned)" in result["summary"]
+    assert "(study in progress: 3 of 4 seeds at 96 steps)" in result["summary"]
     assert "SCALe-SFT is 5.0 points better (significant" in result["summary"]
     # at the cap, SCALe − vanilla still spread over 70 points: the sentence says it is too wide for the claim
     capped = [r for s, c in enumerate((0.3, -0.2, 0.1, 0.4, -0.3)) for r in _seed_runs(s, 0.5 + c, 0.5 + c)]
     summary = study.report({**data, "runs": capped})["summary"]
     assert "in progress" not in summary and "(its interval is wider than the ±10 points the claim needs)" in summary
+    # one seed at a curve budget, none at the claim budget: said so, with the curve's seeds
+    early = [dict(r, sft_steps=24, key=r["key"].replace("/96/", "/24/")) for r in _seed_runs(0, 0.55, 0.5)]
+    summary = study.report({"design": {**data["design"], "budgets": [24, 96]}, "runs": early})["summary"]
+    assert summary == (
+        "`mc` (answer-bound), 24 steps: SCALe-SFT is 5.0 points better on its one seed so far (no interval yet); "
+        "with the closer as answer no different on its one seed so far (no interval yet) (study in progress: 1 of 3 "
+        "seeds at 24 steps; none yet at 96, the budget the claim rests on)."
+    )
     # met at the claim's seeds: neither
     calm = [r for s in range(3) for r in _seed_runs(s, 0.55, 0.55)]
     summary = study.report({**data, "runs": calm})["summary"]

@@ -1079,10 +1079,11 @@ def paired(cells: dict, family: str, budget: int, arm: str, base: str) -> dict[s
 def _verdict(p: dict[str, Any]) -> str:
     ci = p["interval"]
     n = ci["n"]
-    if n < 2:
-        return "one seed: no interval yet"
-    word = "significant" if p["significant"] else "not significant"
     direction = "better" if ci["mean"] > 0 else "worse" if ci["mean"] < 0 else "different"
+    if n < 2:
+        head = f"{100 * abs(ci['mean']):.1f} points {direction}" if ci["mean"] else "no different"
+        return f"{head} on its one seed so far (no interval yet)"
+    word = "significant" if p["significant"] else "not significant"
     head = f"{100 * abs(ci['mean']):.1f} points {direction}" if ci["mean"] else "no different on average"
     return f"{head} ({word}: 95% interval {_interval(ci)}, {n} seeds)"
 
@@ -1294,8 +1295,8 @@ _ALSO = (("scale_close", "sft", "with the closer as answer"), ("scale_token", "s
 
 def summarize(pairs: list[dict[str, Any]], design: dict[str, Any], seeds: dict[str, int] | None = None) -> str:
     """One sentence per regime for SCALe-SFT (defaults) − vanilla SFT at the claim budget (or the largest with
-    data), and the other SCALe arms at that budget (:data:`_ALSO`); ``seeds``: per family, the seeds the claim
-    budget has under the precision rule (default ``claim_seeds``)."""
+    data), and the other SCALe arms at that budget (:data:`_ALSO`), with how many of its seeds have run; ``seeds``: per
+    family, the seeds the claim budget has under the precision rule (default ``claim_seeds``)."""
     target = design.get("target_half_width", _DEFAULTS["target_half_width"])
     parts = []
     for family in design["families"]:
@@ -1310,10 +1311,19 @@ def summarize(pairs: list[dict[str, Any]], design: dict[str, Any], seeds: dict[s
                     and p["budget"] == best["budget"]]  # fmt: skip
             if also:
                 text += f"; {words} {_verdict(also[0])}"
-        planned = (seeds or {}).get(family, design["claim_seeds"])
+        claim = best["budget"] == design["claim_budget"]
+        if design.get("seeds") is not None:
+            planned = len(design["seeds"])
+        else:
+            planned = (seeds or {}).get(family, design["claim_seeds"]) if claim else design["curve_seeds"]
+        progress = []
         if best["interval"]["n"] < planned:
-            text += f" (study in progress: {planned} seeds planned)"
-        elif best["budget"] == design["claim_budget"] and best["interval"]["half_width"] > target:
+            progress.append(f"{best['interval']['n']} of {planned} seeds at {best['budget']} steps")
+        if not claim:
+            progress.append(f"none yet at {design['claim_budget']}, the budget the claim rests on")
+        if progress:
+            text += f" (study in progress: {'; '.join(progress)})"
+        elif best["interval"]["half_width"] > target:
             text += f" (its interval is wider than the ±{100 * target:g} points the claim needs)"
         parts.append(text)
     return ". ".join(parts) + "." if parts else "No paired comparison has finished yet."
