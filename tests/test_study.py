@@ -331,6 +331,14 @@ def test_report_states_the_precision_and_the_added_seeds():
     assert f"9 of {len(study.plan(design)) + 3} planned runs" in text
     assert "(study in progress: 3 of 4 seeds at 96 steps)" in result["summary"]
     assert "SCALe-SFT is 5.0 points better (significant" in result["summary"]
+    # the closing-tag rule on the dev split: one cell of one is final, one of two is provisional
+    dev = [dict(r, dev_n=4, dev_accuracy=0.5, dev_malformed_rate=0.25 if r["arm"] == "scale_sft" else 0.0)
+           for r in wide if r["seed"] == 0]  # fmt: skip
+    text = study.report({**data, "runs": wide[3:] + dev})["markdown"]
+    assert "`think`: 1 malformed, 2 correct; `answer`: 0 malformed, 2 correct -> `answer`." in text
+    two = {**data["design"], "budgets": [48, 96]}
+    text = study.report({"design": two, "runs": wide[3:] + dev})["markdown"]
+    assert "-> `answer` (provisional: 1 of 2 cells so far)." in text
     # at the cap, SCALe − vanilla still spread over 70 points: the sentence says it is too wide for the claim
     capped = [r for s, c in enumerate((0.3, -0.2, 0.1, 0.4, -0.3)) for r in _seed_runs(s, 0.5 + c, 0.5 + c)]
     summary = study.report({**data, "runs": capped})["summary"]

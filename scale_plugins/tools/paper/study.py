@@ -1201,13 +1201,19 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
             at = design["claim_budget"] if design["claim_budget"] in with_data else max(with_data)
             lines += ["", f"Diagnostics at {at} steps (mean over seeds):", "", *_diagnostics(cells, family, at)]
     choice = closing_tag_choice(runs)
+    every = len(design["families"]) * len(budgets)  # the rule's cells: every family and budget
     if choice is not None:
         lines += [
             "",
             f"**Closing-tag default** (dev split, seed 0, {len(choice['cells'])} family x budget cells): "
             f"`think`: {choice['think']['dev_malformed']} malformed, {choice['think']['dev_correct']} correct; "
             f"`answer`: {choice['answer']['dev_malformed']} malformed, {choice['answer']['dev_correct']} correct "
-            f"-> `{choice['chosen']}`.",
+            f"-> `{choice['chosen']}`"
+            + (
+                f" (provisional: {len(choice['cells'])} of {every} cells so far)."
+                if len(choice["cells"]) < every
+                else "."
+            ),
         ]
     summary = summarize(all_pairs, design, {f: claim_seed_count(design_obj, runs, f) for f in families})
     lines += ["", "**What the data say:** " + summary]
