@@ -168,6 +168,27 @@ def test_report_pairs_arms_at_the_tuned_rate_with_exact_tests():
     assert study.report({"design": _design_dict(), "runs": flipped})["pairs"]
 
 
+def test_report_accuracy_cells_state_their_interval_and_the_paired_sft_time():
+    runs = [
+        _run(lr=1e-3, tuning=True, dev=(0.5, 0.0), correct="1100", sft_time_s=400.0),
+        _run(lr=2e-3, tuning=True, dev=(0.25, 0.0), correct="0000", sft_time_s=1.0),
+    ]  # the 2e-3 run is not chosen
+    runs += [_run(seed=1, correct="0000", sft_time_s=500.0), _run(seed=2, correct="1111", sft_time_s=100.0)]
+    runs += [_run(arm="scale_sft", seed=0, correct="1110", sft_time_s=200.0),
+             _run(arm="scale_sft", seed=1, correct="1111", sft_time_s=400.0)]  # fmt: skip
+    text = study.report({"design": _design_dict(), "runs": runs})["markdown"]
+    # 3 vanilla seeds (50, 0, 100%): mean 50%, its t interval clipped to 0-100%, the seeds listed in seed order
+    assert "| vanilla SFT | 50.0% [0.0, 100.0] (3 seeds: 50.0, 0.0, 100.0; malformed 0.0%" in text
+    assert "| SCALe-SFT (defaults) | 87.5% [0.0, 100.0] (2 seeds: 75.0, 100.0;" in text
+    assert study._ACCURACY_CELLS in text
+    # paired by seed (0: 200/400, 1: 400/500); vanilla's seed 2 has no SCALe partner and is not counted
+    assert (
+        "SCALe-SFT (defaults) / vanilla SFT, paired by seed and budget: median 0.65 (range 0.50-0.80, 2 pairs)" in text
+    )
+    assert study._accuracy_cell([0.5]) == "50.0% (1 seed"
+    assert study._accuracy_cell([0.1, 0.2, 0.3, 0.4, 0.5]).endswith("(5 seeds: sd 15.8")
+
+
 def test_results_file_append_replace_and_design_check(tmp_path):
     design = study.DESIGNS["smoke"]
     path = tmp_path / "r.json"

@@ -1088,6 +1088,42 @@ def _verdict(p: dict[str, Any]) -> str:
     return f"{head} ({word}: 95% interval {_interval(ci)}, {n} seeds)"
 
 
+_ACCURACY_CELLS = (
+    "Each cell: the mean over seeds, its 95% t interval across seeds in brackets (clipped to 0-100%; with 2 seeds "
+    "the t factor is 12.7, so it is wide by construction), the seeds' own accuracies (up to 4 seeds; their standard "
+    "deviation beyond), and the mean malformed and dropped-closer rates."
+)
+
+
+def _accuracy_cell(acc: list[float]) -> str:
+    """One cell of the accuracy-by-budget table (:data:`_ACCURACY_CELLS`), up to its closing parenthesis."""
+    ci = stats.t_interval(acc)
+    if ci["n"] == 1:
+        return f"{_pct(ci['mean'])} (1 seed"
+    low, high = max(ci["low"], 0.0), min(ci["high"], 1.0)
+    spread = (", ".join(f"{100 * a:.1f}" for a in acc) if len(acc) <= 4
+              else f"sd {100 * statistics.stdev(acc):.1f}")  # fmt: skip
+    return f"{_pct(ci['mean'])} [{100 * low:.1f}, {100 * high:.1f}] ({ci['n']} seeds: {spread}"
+
+
+def _sft_time_lines(cells: dict, family: str, budgets: list[int]) -> list[str]:
+    """SFT wall time of each SCALe arm against vanilla SFT's, paired by seed and budget: the two runs of a pair train
+    the same steps on the same batches, so their ratio is the cost of the loss path (under the load of the moment)."""
+    out = []
+    for arm in ("scale_sft", "scale_close", "scale_token"):
+        ratios = []
+        for budget in budgets:
+            mine, base = cells.get((family, budget, arm), {}), cells.get((family, budget, "sft"), {})
+            ratios += [mine[s]["sft_time_s"] / base[s]["sft_time_s"] for s in sorted(set(mine) & set(base))
+                       if base[s]["sft_time_s"] > 0]  # fmt: skip
+        if ratios:
+            out.append(
+                f"SFT wall time, {ARMS[arm].label} / vanilla SFT, paired by seed and budget: median "
+                f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} pairs)."
+            )
+    return ["", *out] if out else []
+
+
 def _wall(run: dict[str, Any]) -> float:
     """A run's training wall time: SFT, plus GRPO where it has a GRPO stage."""
     return run["sft_time_s"] + (run.get("grpo_time_s") or 0.0)
@@ -1151,6 +1187,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
     lines += _grpo_lines(runs, design, families)
     for family in families:
         lines += ["", f"#### `{family}` ({REGIMES.get(family, family)}): held-out accuracy by SFT budget", ""]
+        lines += [_ACCURACY_CELLS, ""]
         lines.append("| arm | " + " | ".join(f"{b} steps" for b in budgets) + " |")
         lines.append("|---|" + "---|" * len(budgets))
         for arm in ARMS:
@@ -1160,12 +1197,10 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                 if not seeds:
                     row.append("")
                     continue
-                acc = [r["accuracy"] for r in seeds.values()]
                 mal = statistics.fmean(r["malformed_rate"] for r in seeds.values())
                 drop = statistics.fmean(r["dropped_closer_rate"] for r in seeds.values())
-                ci = stats.t_interval(acc)
-                spread = f" ± {100 * ci['half_width']:.1f}" if ci["n"] > 1 else ""
-                row.append(f"{_pct(ci['mean'])}{spread} (n={ci['n']}; malformed {_pct(mal)}, no closer {_pct(drop)})")
+                row.append(f"{_accuracy_cell([seeds[s]['accuracy'] for s in sorted(seeds)])}; malformed {_pct(mal)}, "
+                           f"no closer {_pct(drop)})")  # fmt: skip
             if any(row):
                 lines.append(f"| {ARMS[arm].label} | " + " | ".join(row) + " |")
         lines += ["", "Paired differences (arm − baseline, accuracy points; per seed with its exact McNemar p):", ""]
@@ -1196,6 +1231,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                 reach.append(f"{ARMS[arm].label}: " + (f"{hit[0]} steps ({hit[1]:.0f} s)" if hit else "not reached"))
         lines += ["", f"First budget at which the mean accuracy reaches {_pct(target)}: " + "; ".join(reach) + "."]
         lines += _time_ratio_lines(cells, family, budgets)
+        lines += _sft_time_lines(cells, family, budgets)
         with_data = [b for b in budgets if any(k[0] == family and k[1] == b for k in cells)]
         if with_data:
             at = design["claim_budget"] if design["claim_budget"] in with_data else max(with_data)
