@@ -189,6 +189,24 @@ def test_report_accuracy_cells_state_their_interval_and_the_paired_sft_time():
     assert study._accuracy_cell([0.1, 0.2, 0.3, 0.4, 0.5]).endswith("(5 seeds: sd 15.8")
 
 
+def test_report_counts_dropped_closers_per_budget_and_arm_over_seeds_and_families():
+    tuning = [
+        _run(lr=1e-3, tuning=True, dev=(0.5, 0.0), dropped_closer="1000"),
+        _run(lr=2e-3, tuning=True, dev=(0.25, 0.0), dropped_closer="1111"),  # not the chosen rate: not counted
+        _run(family="arith", lr=1e-3, tuning=True, dev=(0.5, 0.0), dropped_closer="0000"),
+        _run(family="arith", lr=2e-3, tuning=True, dev=(0.25, 0.0), dropped_closer="0000"),
+    ]
+    runs = tuning + [
+        _run(seed=1, dropped_closer="0100"),
+        _run(arm="scale_sft", seed=0, dropped_closer="0000"),
+        _run(arm="scale_sft", family="arith", seed=0, dropped_closer="0110"),
+        _run(arm="scale_sft", family="arith", seed=1, dropped_closer="0001"),
+    ]
+    text = study.report({"design": _design_dict(), "runs": runs})["markdown"]
+    assert "| budget | vanilla SFT | SCALe-SFT (defaults) |" in text
+    assert "| 24 | 2 of 12 (`mc` 2) | 3 of 12 (`arith` 3) |" in text
+
+
 def test_results_file_append_replace_and_design_check(tmp_path):
     design = study.DESIGNS["smoke"]
     path = tmp_path / "r.json"

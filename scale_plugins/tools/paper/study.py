@@ -1124,6 +1124,27 @@ def _sft_time_lines(cells: dict, family: str, budgets: list[int]) -> list[str]:
     return ["", *out] if out else []
 
 
+def _dropped_closer_lines(cells: dict, families: list[str], budgets: list[int]) -> list[str]:
+    """A table per budget and arm of the held-out completions that never close the trace (``dropped_closer``), over
+    every seed and family, with the families they came from; the closing-tag default must not leave any."""
+    arms = [a for a in ("sft", "scale_sft", "scale_close") if any(k[2] == a for k in cells)]
+    rows = []
+    for budget in budgets:
+        row = []
+        for arm in arms:
+            runs = {f: list(cells.get((f, budget, arm), {}).values()) for f in families}
+            n = sum(len(r.get("dropped_closer", "")) for rs in runs.values() for r in rs)
+            dropped = {f: sum(r.get("dropped_closer", "").count("1") for r in rs) for f, rs in runs.items()}
+            where = ", ".join(f"`{f}` {k}" for f, k in dropped.items() if k)
+            row.append(f"{sum(dropped.values())} of {n}" + (f" ({where})" if where else "") if n else "")
+        if any(row):
+            rows.append(f"| {budget} | " + " | ".join(row) + " |")
+    if not rows:
+        return []
+    return ["", "**Dropped closer**: held-out completions that never close the trace, every seed and family so far:", "",
+            "| budget | " + " | ".join(ARMS[a].label for a in arms) + " |", "|---|" + "---|" * len(arms), *rows]  # fmt: skip
+
+
 def _wall(run: dict[str, Any]) -> float:
     """A run's training wall time: SFT, plus GRPO where it has a GRPO stage."""
     return run["sft_time_s"] + (run.get("grpo_time_s") or 0.0)
@@ -1251,6 +1272,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                 else "."
             ),
         ]
+    lines += _dropped_closer_lines(cells, families, budgets)
     summary = summarize(all_pairs, design, {f: claim_seed_count(design_obj, runs, f) for f in families})
     lines += ["", "**What the data say:** " + summary]
     if cells:  # write_docs draws it from the same file
