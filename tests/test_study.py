@@ -207,6 +207,14 @@ def test_report_counts_dropped_closers_per_budget_and_arm_over_seeds_and_familie
     assert "| 24 | 2 of 12 (`mc` 2) | 3 of 12 (`arith` 3) |" in text
 
 
+def test_wall_estimate_runs_the_families_jobs_at_a_time():
+    per_family = {"a": 10.0, "b": 6.0, "c": 5.0}
+    assert study.wall_estimate(per_family, 1) == 21.0  # one after another
+    assert study.wall_estimate(per_family, 2) == 11.0  # a | b then c
+    assert study.wall_estimate(per_family, 3) == study.wall_estimate(per_family, 8) == 10.0
+    assert study.wall_estimate({}, 2) == 0.0
+
+
 def test_results_file_append_replace_and_design_check(tmp_path):
     design = study.DESIGNS["smoke"]
     path = tmp_path / "r.json"
@@ -400,7 +408,7 @@ def test_the_runner_runs_the_seeds_the_precision_rule_adds(tmp_path, monkeypatch
     """The loop plans again after its last run: seeds are added while the intervals are wide, up to the cap."""
     design = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,
                                  n_eval=4, arms=("sft", "scale_sft"))  # fmt: skip
-    monkeypatch.setattr(study, "estimate_seconds", lambda *a, **k: 0.0)
+    monkeypatch.setattr(study, "estimate_seconds", lambda *a, **k: {})
 
     def fake_run_one(design, planned, lr, data, work_dir, sft=None, completions_dir=None, grpo_setting=None):
         # SCALe − vanilla alternates +50 / -50 points: never within ±10

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from . import stats, tasks
-from .models import MODELS, ModelSpec
+from .models import MODELS, ModelSpec, lora_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -835,9 +835,13 @@ def run(
     if missing:
         if spec.prepare is not None:
             spec.prepare()
-        first = estimate_seconds(design, missing, splits)
-        print(f"estimated time for the {len(missing)} missing runs: {first / 3600:.1f} h (from a measured step)",
-              flush=True)  # fmt: skip
+        per_family = estimate_seconds(design, missing, splits)
+        side_by_side = jobs > 1 and len(fams) > 1
+        text = f"estimated time for the {len(missing)} missing runs: {sum(per_family.values()) / 3600:.1f} h"
+        if side_by_side:
+            text += (f" of compute, {wall_estimate(per_family, jobs) / 3600:.1f} h of wall time with "
+                     f"{min(jobs, len(fams))} family processes side by side")  # fmt: skip
+        print(text + " (from a measured step)", flush=True)
     if missing and jobs > 1 and len(fams) > 1:
         _family_processes(design_name, design, path, fams, arms, threads, jobs, work, completions_dir, missing)
         missing = []
@@ -958,9 +962,10 @@ def default_results_path(design: Design, design_name: str = "powered") -> Path:
     return MODELS[design.model].results_path().with_name(f"{results_key(design_name, design.model)}.json")
 
 
-def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> float:
-    """Seconds for the missing runs, from one measured SFT step of the base model (warm-up excluded), a measured
-    model load and the measured generation of one batch: no machine rates in code."""
+def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> dict[str, float]:
+    """Seconds of compute for the missing runs, per family, from one measured SFT step of the base model (with the
+    design's LoRA where the model trains one; warm-up excluded), a measured model load and the measured generation
+    of one batch: no machine rates in code."""
     import torch
 
     from .common import on_cuda
@@ -968,6 +973,10 @@ def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> fl
 
     spec = MODELS[design.model]
     model, tokenizer = spec.load(0), spec.tokenizer()
+    if spec.lora_targets is not None:  # what the runs train: the adapters, not every weight
+        import peft
+
+        model = peft.get_peft_model(model, lora_config(spec, design.lora_r))
     device = "cuda" if on_cuda() else "cpu"
     model.to(device).train()
     family = missing[0].family
@@ -1004,7 +1013,7 @@ def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> fl
     per_eval_batch = per_token * (design.eval_batch_size / len(rows)) ** 0.5 * design.max_new_tokens
     group = design.grpo_prompts_per_step * design.num_generations
     per_grpo_step = per_token * (group / len(rows)) ** 0.5 * design.max_new_tokens + per_step * group / len(rows)
-    total = 0.0
+    total: dict[str, float] = {}
     planned = {(p.family, p.budget, p.seed, p.arm) for p in missing}
     for p in missing:
         arm = ARMS[p.arm]
@@ -1013,10 +1022,20 @@ def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> fl
         )
         sft_again = arm.grpo_after is None or (p.family, p.budget, p.seed, arm.grpo_after) not in planned
         trains = sft_again and arm.trainer != "none"
-        total += (p.budget * per_step if trains else 0.0) + evals * per_eval_batch + 3 * load_s
+        seconds = (p.budget * per_step if trains else 0.0) + evals * per_eval_batch + 3 * load_s
         if arm.grpo_after is not None:
-            total += design.grpo_steps * per_grpo_step
+            seconds += design.grpo_steps * per_grpo_step
+        total[p.family] = total.get(p.family, 0.0) + seconds
     return total
+
+
+def wall_estimate(per_family: dict[str, float], jobs: int) -> float:
+    """Wall seconds of the families' compute (:func:`estimate_seconds`) run ``jobs`` processes at a time, each family
+    in its own process, started in the order given (:func:`_family_processes`): the last process to finish."""
+    ends = [0.0] * max(1, min(jobs, len(per_family)))
+    for seconds in per_family.values():
+        ends[ends.index(min(ends))] += seconds
+    return max(ends)
 
 
 # -- the report: tables, sentences and the plot, from the results file alone ----------------------------------
