@@ -67,9 +67,45 @@ def test_score_per_question():
     assert m["correct"] == [True, True, False, True]  # accuracy_reward reads the answer block only
     assert m["malformed"] == [False, False, False, True]
     assert m["dropped_closer"] == [False, False, False, True]
+    assert m["cut_at_limit"] is None  # not known without the generation's flags
+    cut = study.score("arith_small", completions, [sample] * 4, bpe_tokenizer(), cut=[True, False, False, True])
+    assert cut["cut_at_limit"] == [False, False, False, True]  # only a dropped closer counts as cut inside the trace
+    assert (
+        study.score("arith_small", completions, [sample] * 4, bpe_tokenizer(), cut=[False] * 4)["cut_at_limit"]
+        == [False] * 4
+    )
     assert m["trace_accuracy"] == pytest.approx(0.5)
     assert m["answer_trace_agreement"] == pytest.approx(0.25)
     assert m["mean_think_tokens"] > 5
+
+
+def test_generation_marks_the_completions_the_token_limit_cut():
+    """A completion that emitted its end-of-sequence token was not cut; one that filled ``max_new_tokens`` without it
+    was (a dropped closer from there is a trace that ran out of room)."""
+    torch = pytest.importorskip("torch")
+    from scale_plugins.testing import bpe_tokenizer
+    from scale_plugins.tools.paper.common import generate, generate_marked
+
+    tok = bpe_tokenizer()
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    words = tok("<think> a b c", add_special_tokens=False)["input_ids"][:3]
+
+    class Scripted(torch.nn.Module):
+        """Generates the rows it is given (after the prompt), as ``generate`` would with these stops."""
+
+        device = torch.device("cpu")
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+            assert kwargs["eos_token_id"] == eos
+            rows = [words[:1] + [eos] + [pad] * (max_new_tokens - 2),  # stopped by itself
+                    (words * max_new_tokens)[:max_new_tokens],  # filled the limit
+                    words[:2] + [eos] + [pad] * (max_new_tokens - 3)][: len(input_ids)]  # fmt: skip
+            return torch.cat([input_ids, torch.tensor(rows)], dim=1)
+
+    marked = generate_marked(Scripted(), tok, ["q1", "q2", "q3"], 4, batch_size=3)
+    assert [c for _, c in marked] == [False, True, False]
+    assert [t for t, _ in marked] == generate(Scripted(), tok, ["q1", "q2", "q3"], 4, batch_size=3)
+    assert [c for _, c in generate_marked(Scripted(), tok, ["q1", "q2"], 4, batch_size=1)] == [False, False]
 
 
 def test_scale_set_parsing():

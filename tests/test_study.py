@@ -204,7 +204,24 @@ def test_report_counts_dropped_closers_per_budget_and_arm_over_seeds_and_familie
     ]
     text = study.report({"design": _design_dict(), "runs": runs})["markdown"]
     assert "| budget | vanilla SFT | SCALe-SFT (defaults) |" in text
-    assert "| 24 | 2 of 12 (`mc` 2) | 3 of 12 (`arith` 3) |" in text
+    assert "| 24 | 2 of 12 (`mc` 2, 2 cause not recorded) | 3 of 12 (`arith` 3, 3 cause not recorded) |" in text
+    # runs that recorded whether the generation limit cut the trace split the count by cause
+    runs[-4:] = [
+        _run(seed=1, dropped_closer="0100", cut_at_limit="0100"),
+        _run(arm="scale_sft", seed=0, dropped_closer="0000", cut_at_limit="0000"),
+        _run(arm="scale_sft", family="arith", seed=0, dropped_closer="0110", cut_at_limit="0010"),
+        _run(arm="scale_sft", family="arith", seed=1, dropped_closer="0001", cut_at_limit="0000"),
+    ]
+    text = study.report({"design": {**_design_dict(), "max_new_tokens": 100}, "runs": runs})["markdown"]
+    assert (
+        "| 24 | 2 of 12 (`mc` 2, 1 cut at the limit, 1 cause not recorded) | 3 of 12 (`arith` 3, 1 cut at the limit) |"
+        in text
+    )
+    assert "generation limit (100 new tokens)" in text
+    runs[0] = {**runs[0], "cut_at_limit": "1000"}  # the chosen rate's tuning run, now with its cause
+    text = study.report({"design": {**_design_dict(), "max_new_tokens": 100}, "runs": runs})["markdown"]
+    assert "| 24 | 2 of 12 (`mc` 2, 2 cut at the limit) | 3 of 12 (`arith` 3, 1 cut at the limit) |" in text
+    assert "cause not recorded" not in text
 
 
 def test_wall_estimate_runs_the_families_jobs_at_a_time():

@@ -115,6 +115,20 @@ def generate(
     """Greedy, batched (left padding) completions of chat prompts (through the chat template) or of plain text
     prompts (as they are, with the tokenizer's special tokens such as BOS); ``dtype``: run a copy of the model in it
     (bfloat16 is 2-3x faster than float32 on a CPU with AVX512-BF16)."""
+    return [text for text, _ in generate_marked(model, tokenizer, prompts, max_new_tokens, batch_size, dtype)]
+
+
+def generate_marked(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[dict]] | list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    dtype: Any = None,
+) -> list[tuple[str, bool]]:
+    """:func:`generate`, each completion with whether the generation limit cut it (``max_new_tokens`` generated and
+    no end-of-sequence token among them): a trace cut there never reaches its closer, which is not the same failure
+    as a model that answers without closing the trace."""
     import torch
 
     tok = copy.deepcopy(tokenizer)
@@ -125,7 +139,9 @@ def generate(
     plain = all(isinstance(p, str) for p in prompts)
     texts = [p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
              for p in prompts]  # fmt: skip
-    out: list[str] = []
+    eos = tok.eos_token_id
+    stops = torch.tensor(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    out: list[tuple[str, bool]] = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=plain)
@@ -134,11 +150,14 @@ def generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=eos,
                 pad_token_id=tok.pad_token_id,
                 use_cache=True,
             )
-            out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            new = gen[:, enc["input_ids"].shape[1] :].cpu()
+            # a row that stopped early ends in EOS and then padding; a row cut at the limit holds no EOS at all
+            cut = [len(row) >= max_new_tokens and not bool(torch.isin(row, stops).any()) for row in new]
+            out += zip(tok.batch_decode(new, skip_special_tokens=True), cut, strict=True)
     return out
 
 

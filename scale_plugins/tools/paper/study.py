@@ -624,9 +624,17 @@ def closing_tag_choice(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 # -- one run ----------------------------------------------------------------------------------------------------
 
 
-def score(family: str, completions: list[str], samples: list[dict[str, Any]], tokenizer: Any) -> dict[str, Any]:
-    """Per question: correct (``accuracy_reward``), malformed (``format_reward == 0``) and dropped closer (malformed
-    with a ``<think>`` opener and no ``</think>``); overall: the mean think length (tokens through ``</think>``) and,
+def score(
+    family: str,
+    completions: list[str],
+    samples: list[dict[str, Any]],
+    tokenizer: Any,
+    cut: list[bool] | None = None,
+) -> dict[str, Any]:
+    """Per question: correct (``accuracy_reward``), malformed (``format_reward == 0``), dropped closer (malformed
+    with a ``<think>`` opener and no ``</think>``) and, given ``cut`` (:func:`~.common.generate_marked`'s flags),
+    cut at the limit (a dropped closer whose generation the token limit ended: the trace ran out of room, it did not
+    skip its closer); overall: the mean think length (tokens through ``</think>``) and,
     for the built-in families, trace correct (the trace's last number is the gold value) and answer = trace (the
     answer stands for the trace's value)."""
     from ...rewards import accuracy_reward, extract_answer, format_reward
@@ -644,10 +652,12 @@ def score(family: str, completions: list[str], samples: list[dict[str, Any]], to
             answer = tasks.answer_value(family, extract_answer(text), sample)
             agree.append(value is not None and answer is not None and answer == value)
     n = max(len(completions), 1)
+    dropped = [f == 0.0 and "<think>" in c and "</think>" not in c for c, f in zip(completions, fmt)]
     return {
         "correct": [bool(a) for a in acc],
         "malformed": [f == 0.0 for f in fmt],
-        "dropped_closer": [f == 0.0 and "<think>" in c and "</think>" not in c for c, f in zip(completions, fmt)],
+        "dropped_closer": dropped,
+        "cut_at_limit": None if cut is None else [d and c for d, c in zip(dropped, cut, strict=True)],
         "mean_think_tokens": sum(think_tokens) / n,
         "trace_accuracy": sum(trace_ok) / n if trace_ok else None,
         "answer_trace_agreement": sum(agree) / n if trace_ok else None,
@@ -658,14 +668,18 @@ def _bits(flags: list[bool]) -> str:
     return "".join("1" if f else "0" for f in flags)
 
 
-def _generate(spec: ModelSpec, model: Any, tokenizer: Any, samples: list[dict], design: Design) -> list[str]:
+def _generate(
+    spec: ModelSpec, model: Any, tokenizer: Any, samples: list[dict], design: Design
+) -> tuple[list[str], list[bool]]:
+    """The completions of ``samples`` and whether the generation limit cut each."""
     import torch
 
-    from .common import generate
+    from .common import generate_marked
 
     dtype = torch.bfloat16 if spec.precision() == "bf16" else None
     prompts = [spec.prompt(s["prompt"]) for s in samples]
-    return generate(model, tokenizer, prompts, design.max_new_tokens, design.eval_batch_size, dtype=dtype)
+    marked = generate_marked(model, tokenizer, prompts, design.max_new_tokens, design.eval_batch_size, dtype=dtype)
+    return [text for text, _ in marked], [cut for _, cut in marked]
 
 
 def run_one(
@@ -702,8 +716,8 @@ def run_one(
     tokenizer = spec.tokenizer()
     model.to("cuda" if on_cuda() else "cpu")
     t0 = time.perf_counter()
-    completions = _generate(spec, model, tokenizer, held_out, design)
-    scored = score(planned.family, completions, held_out, tokenizer)
+    completions, cut = _generate(spec, model, tokenizer, held_out, design)
+    scored = score(planned.family, completions, held_out, tokenizer, cut)
     ce = segment_ce(model, tokenizer, training_rows(spec, held_out), design.eval_batch_size)
     if completions_dir is not None:
         write_completions(completions_dir / (planned.key(lr).replace("/", "_") + ".jsonl"), held_out, completions)
@@ -729,6 +743,7 @@ def run_one(
         "correct": _bits(scored["correct"]),
         "malformed": _bits(scored["malformed"]),
         "dropped_closer": _bits(scored["dropped_closer"]),
+        "cut_at_limit": _bits(scored["cut_at_limit"]),
         **{k: scored[k] for k in ("mean_think_tokens", "trace_accuracy", "answer_trace_agreement")},
         **ce,
         "final_train_loss": next((row["loss"] for row in reversed(history) if "loss" in row), None),
@@ -747,13 +762,14 @@ def run_one(
     if grpo_history:
         record["grpo_log_history"] = compact_log(grpo_history, GRPO_LOG_KEYS)
     if dev and (planned.tuning or (planned.seed == 0 and arm.trainer == "scale_sft" and arm.grpo_after is None)):
-        dev_done = _generate(spec, model, tokenizer, dev, design)
-        dev_scored = score(planned.family, dev_done, dev, tokenizer)
+        dev_done, dev_cut = _generate(spec, model, tokenizer, dev, design)
+        dev_scored = score(planned.family, dev_done, dev, tokenizer, dev_cut)
         record.update(
             dev_n=len(dev),
             dev_accuracy=sum(dev_scored["correct"]) / len(dev),
             dev_malformed_rate=sum(dev_scored["malformed"]) / len(dev),
             dev_dropped_closer_rate=sum(dev_scored["dropped_closer"]) / len(dev),
+            dev_cut_at_limit_rate=sum(dev_scored["cut_at_limit"]) / len(dev),
         )
     return record, sft
 
@@ -1143,24 +1159,41 @@ def _sft_time_lines(cells: dict, family: str, budgets: list[int]) -> list[str]:
     return ["", *out] if out else []
 
 
-def _dropped_closer_lines(cells: dict, families: list[str], budgets: list[int]) -> list[str]:
+def _dropped_closer_lines(
+    cells: dict, families: list[str], budgets: list[int], max_new_tokens: int | None
+) -> list[str]:
     """A table per budget and arm of the held-out completions that never close the trace (``dropped_closer``), over
-    every seed and family, with the families they came from; the closing-tag default must not leave any."""
+    every seed and family, with the families they came from and, where the runs recorded it (``cut_at_limit``), how
+    many of them the generation limit cut (a trace that ran out of room, not a skipped closer); the closing-tag
+    default must not leave any skipped closer."""
     arms = [a for a in ("sft", "scale_sft", "scale_close") if any(k[2] == a for k in cells)]
-    rows = []
+    rows, unknown_cause = [], False
     for budget in budgets:
         row = []
         for arm in arms:
             runs = {f: list(cells.get((f, budget, arm), {}).values()) for f in families}
             n = sum(len(r.get("dropped_closer", "")) for rs in runs.values() for r in rs)
             dropped = {f: sum(r.get("dropped_closer", "").count("1") for r in rs) for f, rs in runs.items()}
-            where = ", ".join(f"`{f}` {k}" for f, k in dropped.items() if k)
-            row.append(f"{sum(dropped.values())} of {n}" + (f" ({where})" if where else "") if n else "")
+            where = [f"`{f}` {k}" for f, k in dropped.items() if k]
+            flagged = [r for rs in runs.values() for r in rs if r.get("dropped_closer", "").count("1")]
+            known = [r for r in flagged if "cut_at_limit" in r]
+            if known:
+                where.append(f"{sum(r['cut_at_limit'].count('1') for r in known)} cut at the limit")
+            if len(known) < len(flagged):
+                where.append(
+                    f"{sum(r['dropped_closer'].count('1') for r in flagged if r not in known)} cause not recorded"
+                )
+                unknown_cause = True
+            row.append(f"{sum(dropped.values())} of {n}" + (f" ({', '.join(where)})" if where else "") if n else "")
         if any(row):
             rows.append(f"| {budget} | " + " | ".join(row) + " |")
     if not rows:
         return []
-    return ["", "**Dropped closer**: held-out completions that never close the trace, every seed and family so far:", "",
+    limit = f"{max_new_tokens} new tokens" if max_new_tokens else "its token limit"
+    note = ' Runs finished before the study recorded the cause count as "cause not recorded".' if unknown_cause else ""
+    return ["", "**Dropped closer**: held-out completions that never close the trace, every seed and family so far; "
+            f"\"cut at the limit\": of those, the ones the generation limit ({limit}) ended inside the trace, which ran "
+            f"out of room rather than skipping its closer.{note}", "",
             "| budget | " + " | ".join(ARMS[a].label for a in arms) + " |", "|---|" + "---|" * len(arms), *rows]  # fmt: skip
 
 
@@ -1291,7 +1324,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                 else "."
             ),
         ]
-    lines += _dropped_closer_lines(cells, families, budgets)
+    lines += _dropped_closer_lines(cells, families, budgets, design.get("max_new_tokens"))
     summary = summarize(all_pairs, design, {f: claim_seed_count(design_obj, runs, f) for f in families})
     lines += ["", "**What the data say:** " + summary]
     if cells:  # write_docs draws it from the same file
