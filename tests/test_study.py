@@ -448,6 +448,41 @@ def test_the_runner_runs_the_seeds_the_precision_rule_adds(tmp_path, monkeypatch
     assert sorted(r["seed"] for r in study.load(calm)["runs"]) == [0, 0, 1, 1, 2, 2]
 
 
+def test_recheck_adds_only_what_a_reproducing_rerun_records(tmp_path, monkeypatch):
+    """A rerun that matches the stored run question by question adds the fields the stored run lacks (never
+    replacing one); a rerun that differs leaves the stored run as it was and is reported."""
+    design = dataclasses.replace(study.DESIGNS["powered"], model="tiny", families=("arith_small",), n_train=8,
+                                 n_dev=2, n_eval=4)  # fmt: skip
+    stored = _run(family="arith_small", arm="scale_sft", seed=1, correct="1100", malformed="0010",
+                  dropped_closer="0010", sft_time_s=100.0)  # fmt: skip
+    other = _run(family="arith_small", seed=1, correct="1000", malformed="0001", dropped_closer="0001")
+    path = tmp_path / "r.json"
+    for record in (stored, other):
+        study.append_run(path, "powered", design, record)
+    seen = []
+
+    def rerun(design, planned, lr, data, work_dir, sft=None, completions_dir=None, grpo_setting=None):
+        seen.append((planned, lr))
+        base = stored if planned.arm == "scale_sft" else other
+        flip = {"correct": "1110"} if planned.arm == "sft" else {}  # vanilla's rerun answers one more question
+        return {**base, "sft_time_s": 120.0, "cut_at_limit": "0010", **flip}, None
+
+    monkeypatch.setattr(study, "run_one", rerun)
+    failed = study.recheck([stored["key"], other["key"]], results=path, design=design)
+    assert failed == [other["key"]]
+    assert seen[0][0] == study.Planned("arith_small", "scale_sft", 1, 24, 1e-3) and seen[0][1] == 1e-3
+    runs = {r["key"]: r for r in study.load(path)["runs"]}
+    kept = runs[stored["key"]]
+    assert kept["cut_at_limit"] == "0010" and kept["sft_time_s"] == 100.0  # added, and the stored time stays
+    assert kept["rechecked"]["added"] == ["cut_at_limit"] and kept["rechecked"]["sft_time_s"] == 120.0
+    assert kept["rechecked"]["reproduced"] == ["correct", "malformed", "dropped_closer"]
+    assert runs[other["key"]] == other  # did not reproduce: untouched
+    merged, differ = study.merge_recheck(other, {**other, "correct": "1110"})
+    assert merged is None and differ == ["correct"]
+    with pytest.raises(SystemExit, match="no run mc/24"):
+        study.recheck(["mc/24/sft/seed0/lr0.001"], results=path, design=design)
+
+
 # -- the GRPO setting, chosen on vanilla alone ---------------------------------------------------------------------
 
 

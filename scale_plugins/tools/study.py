@@ -54,6 +54,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (then report)")
     p.add_argument(
+        "--recheck",
+        nargs="+",
+        default=None,
+        metavar="KEY",
+        help="run these finished runs of the results file again (keys as stored, e.g. arith/24/sft/seed1/lr0.0015) "
+        "and, where a rerun reproduces every per-question result, add the fields the stored run lacks (e.g. "
+        "cut_at_limit, recorded since); a run that does not reproduce is named and left as it is (exit status 1)",
+    )
+    p.add_argument(
         "--report",
         action="store_true",
         help="run nothing: print the report of the results file and, with --update-docs, rewrite the docs from it",
@@ -76,12 +85,16 @@ def main(ns: argparse.Namespace) -> int:
             study.write_docs(result, study.results_key(ns.design, design.model))
         print(result["markdown"])
         return 0
+    threads = ns.threads or max(1, min(2, (os.cpu_count() or 1) // max(1, ns.jobs)))
+    if ns.recheck:
+        failed = study.recheck(ns.recheck, design_name=ns.design, results=ns.results, threads=threads, design=design)
+        return 1 if failed else 0
     study.run(
         design_name=ns.design,
         results=ns.results,
         families=ns.family,
         arms=ns.arms,
-        threads=ns.threads or max(1, min(2, (os.cpu_count() or 1) // max(1, ns.jobs))),
+        threads=threads,
         max_runs=ns.max_runs,
         update_docs=ns.update_docs,
         design=design,

@@ -906,6 +906,81 @@ def run(
     return result
 
 
+#: what a rerun must reproduce, question by question, before :func:`recheck` adds anything to a stored run
+RECHECKED = ("correct", "malformed", "dropped_closer", "dev_accuracy", "dev_malformed_rate")
+
+
+def merge_recheck(stored: dict[str, Any], rerun: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    """A stored run and its rerun at the same settings: (the stored record with the fields it lacks taken from the
+    rerun, and ``rechecked`` saying when and what matched; the rerun's differing fields, empty) when the rerun
+    reproduces every field of :data:`RECHECKED` the stored run has, else (None, the fields that differ). A stored
+    value is never replaced: the record keeps the numbers its report was made from."""
+    differ = [k for k in RECHECKED if k in stored and stored[k] != rerun.get(k)]
+    if differ or stored["key"] != rerun["key"]:
+        return None, differ or ["key"]
+    added = {k: v for k, v in rerun.items() if k not in stored}
+    rechecked = {
+        "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "reproduced": [k for k in RECHECKED if k in stored],
+        "added": sorted(added),
+        "sft_time_s": rerun.get("sft_time_s"),
+    }
+    return {**stored, **added, "rechecked": rechecked}, []
+
+
+def recheck(
+    keys: list[str],
+    design_name: str = "powered",
+    results: str | Path | None = None,
+    threads: int = 1,
+    *,
+    design: Design | None = None,
+    work_dir: str | Path | None = None,
+    completions_dir: str | Path | None = None,
+) -> list[str]:
+    """Run finished runs again (their stored rate, seed, budget and GRPO setting) and, where a rerun reproduces the
+    stored per-question results (:func:`merge_recheck`), add the fields the stored record lacks, such as
+    ``cut_at_limit`` for runs from before it was recorded; returns the keys that did not reproduce (left as they
+    are). Training and generation are deterministic on one device and thread count, so a mismatch means the code or
+    the environment changed since the run."""
+    design = design or DESIGNS[design_name]
+    path = Path(results or default_results_path(design, design_name))
+    work = Path(work_dir or os.environ.get("SCALE_PLUGINS_STUDY_TMP", "study_tmp"))
+    data = load(path)
+    _check_design(data, design_name, design, path)
+    by_key = {r["key"]: r for r in data.get("runs", [])}
+    unknown = [k for k in keys if k not in by_key]
+    if unknown:
+        raise SystemExit(f"--recheck: no run {', '.join(unknown)} in {path}")
+    from .common import quiet_libraries
+
+    quiet_libraries(threads)
+    spec = MODELS[design.model]
+    if spec.prepare is not None:
+        spec.prepare()
+    stored_runs = [by_key[k] for k in keys]
+    splits = splits_of(design, tuple(dict.fromkeys(r["family"] for r in stored_runs)))
+    failed = []
+    for stored in stored_runs:
+        grpo = stored["key"].rsplit("/grpo", 1)[1] if "/grpo" in stored["key"] else None
+        planned = Planned(stored["family"], stored["arm"], stored["seed"], stored["sft_steps"], stored["lr"],
+                          tuning=bool(stored.get("tuning")), grpo=int(grpo) if grpo is not None else None)  # fmt: skip
+        rerun, _ = run_one(design, planned, stored["lr"], splits[stored["family"]], work,
+                           completions_dir=Path(completions_dir) if completions_dir else None,
+                           grpo_setting=stored.get("grpo_setting"))  # fmt: skip
+        merged, differ = merge_recheck(stored, rerun)
+        if merged is None:
+            failed.append(stored["key"])
+            print(f"{stored['key']}: the rerun differs in {', '.join(differ)}; the stored run is left as it is",
+                  flush=True)  # fmt: skip
+            continue
+        append_run(path, design_name, design, merged)
+        added = ", ".join(merged["rechecked"]["added"]) or "nothing"
+        print(f"{stored['key']}: reproduced ({', '.join(merged['rechecked']['reproduced'])}); added {added}",
+              flush=True)  # fmt: skip
+    return failed
+
+
 def _family_processes(
     design_name: str,
     design: Design,
