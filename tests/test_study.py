@@ -309,6 +309,8 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
         assert all(run.get(k) is not None or k == "scale_options" for k in REQUIRED)
         assert run["n_eval"] == design.n_eval and len(run["correct"]) == design.n_eval
         assert run["precision"] in ("bf16", "fp32") and run["sft_time_s"] > 0
+        assert len(run["cut_at_limit"]) == design.n_eval  # a cut trace is a dropped closer, never the other way
+        assert all(d == "1" for c, d in zip(run["cut_at_limit"], run["dropped_closer"]) if c == "1")
     close = [r for r in data["runs"] if r["arm"] == "scale_close"]
     assert close and all(r["scale_options"] == {"think_close_segment": "answer"} for r in close)
     lrs = {(r["sft_steps"], r["lr"]) for r in data["runs"] if not r.get("tuning")}
@@ -319,6 +321,16 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0
     assert results.read_text() == before
     assert "SCALe-SFT, closer as answer" in capsys.readouterr().out
+    # a run from before a field was recorded gets it from a rerun, which reproduces it question by question
+    key = close[-1]["key"]
+    lacking = {**close[-1]}
+    del lacking["cut_at_limit"]
+    study.append_run(results, "smoke", design, lacking)
+    assert main(["study", "--design", "smoke", "--results", str(results), "--threads", "1", "--recheck", key]) == 0
+    rechecked = next(r for r in study.load(results)["runs"] if r["key"] == key)
+    assert rechecked["cut_at_limit"] == close[-1]["cut_at_limit"]
+    assert rechecked["rechecked"]["added"] == ["cut_at_limit"]
+    assert {k: v for k, v in rechecked.items() if k not in ("cut_at_limit", "rechecked")} == lacking
 
 
 # -- the precision rule: seeds at the claim budget until every interval is narrow enough ---------------------------
