@@ -326,7 +326,10 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     lacking = {**close[-1]}
     del lacking["cut_at_limit"]
     study.append_run(results, "smoke", design, lacking)
-    assert main(["study", "--design", "smoke", "--results", str(results), "--threads", "1", "--recheck", key]) == 0
+    argv = ["study", "--design", "smoke", "--results", str(results), "--threads", "1", "--recheck", key]
+    assert main([*argv, "--completions", str(tmp_path / "completions")]) == 0
+    written = [json.loads(line) for line in (tmp_path / "completions" / (key.replace("/", "_") + ".jsonl")).open()]
+    assert len(written) == design.n_eval and all({"question", "solution", "completion"} <= set(w) for w in written)
     rechecked = next(r for r in study.load(results)["runs"] if r["key"] == key)
     assert rechecked["cut_at_limit"] == close[-1]["cut_at_limit"]
     assert rechecked["rechecked"]["added"] == ["cut_at_limit"]

@@ -54,6 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (then report)")
     p.add_argument(
+        "--completions",
+        default=None,
+        metavar="DIR",
+        help="also write every held-out completion of the runs this command trains (or rechecks), one JSONL per run "
+        "(question, gold solution, completion) in DIR, so its scores can be read and recomputed",
+    )
+    p.add_argument(
         "--recheck",
         nargs="+",
         default=None,
@@ -87,7 +94,8 @@ def main(ns: argparse.Namespace) -> int:
         return 0
     threads = ns.threads or max(1, min(2, (os.cpu_count() or 1) // max(1, ns.jobs)))
     if ns.recheck:
-        failed = study.recheck(ns.recheck, design_name=ns.design, results=ns.results, threads=threads, design=design)
+        failed = study.recheck(ns.recheck, design_name=ns.design, results=ns.results, threads=threads, design=design,
+                               completions_dir=ns.completions)  # fmt: skip
         return 1 if failed else 0
     study.run(
         design_name=ns.design,
@@ -99,5 +107,6 @@ def main(ns: argparse.Namespace) -> int:
         update_docs=ns.update_docs,
         design=design,
         jobs=ns.jobs,
+        completions_dir=ns.completions,
     )
     return 0
