@@ -332,7 +332,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert len(written) == design.n_eval and all({"question", "solution", "completion"} <= set(w) for w in written)
     rechecked = next(r for r in study.load(results)["runs"] if r["key"] == key)
     assert rechecked["cut_at_limit"] == close[-1]["cut_at_limit"]
-    assert rechecked["rechecked"]["added"] == ["cut_at_limit"]
+    assert rechecked["rechecked"][-1]["added"] == ["cut_at_limit"]
     assert {k: v for k, v in rechecked.items() if k not in ("cut_at_limit", "rechecked")} == lacking
 
 
@@ -489,8 +489,13 @@ def test_recheck_adds_only_what_a_reproducing_rerun_records(tmp_path, monkeypatc
     runs = {r["key"]: r for r in study.load(path)["runs"]}
     kept = runs[stored["key"]]
     assert kept["cut_at_limit"] == "0010" and kept["sft_time_s"] == 100.0  # added, and the stored time stays
-    assert kept["rechecked"]["added"] == ["cut_at_limit"] and kept["rechecked"]["sft_time_s"] == 120.0
-    assert kept["rechecked"]["reproduced"] == ["correct", "malformed", "dropped_closer"]
+    assert kept["rechecked"][0]["added"] == ["cut_at_limit"] and kept["rechecked"][0]["sft_time_s"] == 120.0
+    assert kept["rechecked"][0]["reproduced"] == ["correct", "malformed", "dropped_closer"]
+    # a second recheck adds nothing and keeps the first one's record
+    assert study.recheck([stored["key"]], results=path, design=design) == []
+    again = next(r for r in study.load(path)["runs"] if r["key"] == stored["key"])
+    assert [e["added"] for e in again["rechecked"]] == [["cut_at_limit"], []]
+    assert {k: v for k, v in again.items() if k != "rechecked"} == {k: v for k, v in kept.items() if k != "rechecked"}
     assert runs[other["key"]] == other  # did not reproduce: untouched
     merged, differ = study.merge_recheck(other, {**other, "correct": "1110"})
     assert merged is None and differ == ["correct"]

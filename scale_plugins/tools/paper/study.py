@@ -912,20 +912,22 @@ RECHECKED = ("correct", "malformed", "dropped_closer", "dev_accuracy", "dev_malf
 
 def merge_recheck(stored: dict[str, Any], rerun: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
     """A stored run and its rerun at the same settings: (the stored record with the fields it lacks taken from the
-    rerun, and ``rechecked`` saying when and what matched; the rerun's differing fields, empty) when the rerun
-    reproduces every field of :data:`RECHECKED` the stored run has, else (None, the fields that differ). A stored
-    value is never replaced: the record keeps the numbers its report was made from."""
+    rerun, and one more entry in its ``rechecked`` list saying when, what matched and what was added; the rerun's
+    differing fields, empty) when the rerun reproduces every field of :data:`RECHECKED` the stored run has, else
+    (None, the fields that differ). A stored value is never replaced: the record keeps the numbers its report was
+    made from, and every recheck it went through."""
     differ = [k for k in RECHECKED if k in stored and stored[k] != rerun.get(k)]
     if differ or stored["key"] != rerun["key"]:
         return None, differ or ["key"]
-    added = {k: v for k, v in rerun.items() if k not in stored}
-    rechecked = {
+    added = {k: v for k, v in rerun.items() if k not in stored and k != "rechecked"}
+    earlier = stored.get("rechecked", [])
+    entry = {
         "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "reproduced": [k for k in RECHECKED if k in stored],
         "added": sorted(added),
         "sft_time_s": rerun.get("sft_time_s"),
     }
-    return {**stored, **added, "rechecked": rechecked}, []
+    return {**stored, **added, "rechecked": [*(earlier if isinstance(earlier, list) else [earlier]), entry]}, []
 
 
 def recheck(
@@ -975,8 +977,8 @@ def recheck(
                   flush=True)  # fmt: skip
             continue
         append_run(path, design_name, design, merged)
-        added = ", ".join(merged["rechecked"]["added"]) or "nothing"
-        print(f"{stored['key']}: reproduced ({', '.join(merged['rechecked']['reproduced'])}); added {added}",
+        last = merged["rechecked"][-1]
+        print(f"{stored['key']}: reproduced ({', '.join(last['reproduced'])}); added {', '.join(last['added']) or 'nothing'}",
               flush=True)  # fmt: skip
     return failed
 
