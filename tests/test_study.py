@@ -214,13 +214,16 @@ def test_report_counts_dropped_closers_per_budget_and_arm_over_seeds_and_familie
     ]
     text = study.report({"design": {**_design_dict(), "max_new_tokens": 100}, "runs": runs})["markdown"]
     assert (
-        "| 24 | 2 of 12 (`mc` 2, 1 cut at the limit, 1 cause not recorded) | 3 of 12 (`arith` 3, 1 cut at the limit) |"
-        in text
+        "| 24 | 2 of 12 (`mc` 2, 1 cut at the limit, 0 skipped, 1 cause not recorded) "
+        "| 3 of 12 (`arith` 3, 1 cut at the limit, 2 skipped) |" in text
     )
     assert "generation limit (100 new tokens)" in text
     runs[0] = {**runs[0], "cut_at_limit": "1000"}  # the chosen rate's tuning run, now with its cause
     text = study.report({"design": {**_design_dict(), "max_new_tokens": 100}, "runs": runs})["markdown"]
-    assert "| 24 | 2 of 12 (`mc` 2, 2 cut at the limit) | 3 of 12 (`arith` 3, 1 cut at the limit) |" in text
+    assert (
+        "| 24 | 2 of 12 (`mc` 2, 2 cut at the limit, 0 skipped) | 3 of 12 (`arith` 3, 1 cut at the limit, 2 skipped) |"
+        in text
+    )
     assert "cause not recorded" not in text
 
 

@@ -1255,7 +1255,9 @@ def _dropped_closer_lines(
             flagged = [r for rs in runs.values() for r in rs if r.get("dropped_closer", "").count("1")]
             known = [r for r in flagged if "cut_at_limit" in r]
             if known:
-                where.append(f"{sum(r['cut_at_limit'].count('1') for r in known)} cut at the limit")
+                cut = sum(r["cut_at_limit"].count("1") for r in known)
+                skipped = sum(r["dropped_closer"].count("1") for r in known) - cut
+                where += [f"{cut} cut at the limit", f"{skipped} skipped"]
             if len(known) < len(flagged):
                 where.append(
                     f"{sum(r['dropped_closer'].count('1') for r in flagged if r not in known)} cause not recorded"
@@ -1270,7 +1272,7 @@ def _dropped_closer_lines(
     note = ' Runs finished before the study recorded the cause count as "cause not recorded".' if unknown_cause else ""
     return ["", "**Dropped closer**: held-out completions that never close the trace, every seed and family so far; "
             f"\"cut at the limit\": of those, the ones the generation limit ({limit}) ended inside the trace, which ran "
-            f"out of room rather than skipping its closer.{note}", "",
+            f"out of room; \"skipped\": the ones that stopped or answered without closing the trace.{note}", "",
             "| budget | " + " | ".join(ARMS[a].label for a in arms) + " |", "|---|" + "---|" * len(arms), *rows]  # fmt: skip
 
 
