@@ -235,7 +235,10 @@ def test_wall_estimate_runs_the_families_jobs_at_a_time():
     assert study.wall_estimate({}, 2) == 0.0
 
 
-def test_results_file_append_replace_and_design_check(tmp_path):
+def test_results_file_append_replace_and_design_check(tmp_path, monkeypatch):
+    from scale_plugins.tools.paper import common
+
+    monkeypatch.setenv(common.PRECISION_ENV, "fp32")  # the records' precision, whatever this machine would choose
     design = study.DESIGNS["smoke"]
     path = tmp_path / "r.json"
     first = _run(budget=1, lr=5e-4)
@@ -252,6 +255,51 @@ def test_results_file_append_replace_and_design_check(tmp_path):
     gpu.write_text(json.dumps({"runs": [{**first, "device": "cuda", "precision": "bf16"}]}))
     with pytest.raises(SystemExit, match="device or precision"):
         study.append_run(gpu, "smoke", design, first)
+
+
+def test_a_results_file_is_resumed_in_its_precision_on_a_machine_that_would_choose_another(tmp_path, monkeypatch):
+    """A machine with native bf16 resumes a file of fp32 runs (made on an AVX2 CPU) only in fp32: refused in its
+    own choice, accepted with --precision fp32 (SCALE_PLUGINS_PRECISION, which the family processes inherit)."""
+    from scale_plugins.tools.paper import common
+    from scale_plugins.tools.paper.models import MODELS
+
+    design = study.DESIGNS["smoke"]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"runs": [{**_run(budget=1, lr=5e-4), "device": "cpu", "precision": "fp32"}]}))
+    monkeypatch.setattr(common, "on_cuda", lambda: False)
+    monkeypatch.setattr(common, "bf16_is_fast", lambda: True)
+    monkeypatch.setenv(common.PRECISION_ENV, "auto")
+    assert MODELS[design.model].precision() == ("bf16" if MODELS[design.model].bf16_where_fast else "fp32")
+    if MODELS[design.model].bf16_where_fast:
+        with pytest.raises(SystemExit, match="study --precision"):
+            study.append_run(path, "smoke", design, _run(budget=1, lr=2e-3))
+    monkeypatch.setenv(common.PRECISION_ENV, "fp32")
+    assert MODELS[design.model].precision() == "fp32"
+    study.append_run(path, "smoke", design, {**_run(budget=1, lr=2e-3), "device": "cpu", "precision": "fp32"})
+    assert len(study.load(path)["runs"]) == 2
+    monkeypatch.setenv(common.PRECISION_ENV, "bf16")
+    assert MODELS[design.model].precision() == "bf16"
+    monkeypatch.setenv(common.PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match="fp32, bf16 or auto"):
+        MODELS[design.model].precision()
+
+
+def test_study_precision_flag_reaches_the_environment_the_family_processes_inherit(monkeypatch):
+    import argparse
+
+    from scale_plugins.tools import study as study_cli
+    from scale_plugins.tools.paper import common
+
+    parser = argparse.ArgumentParser()
+    study_cli.add_arguments(parser)
+    monkeypatch.delenv(common.PRECISION_ENV, raising=False)
+    called = {}
+    monkeypatch.setattr(study, "run", lambda **kw: called.update(env=os.environ.get(common.PRECISION_ENV)))
+    assert study_cli.main(parser.parse_args(["--design", "smoke", "--precision", "fp32"])) == 0
+    assert called["env"] == "fp32"
+    monkeypatch.delenv(common.PRECISION_ENV, raising=False)
+    study_cli.main(parser.parse_args(["--design", "smoke"]))
+    assert called["env"] is None
 
 
 def test_generated_block_replacement():

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from .paper import study
+from .paper.common import PRECISION_ENV
 from .paper.models import MODELS
 
 
@@ -70,6 +71,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "cut_at_limit, recorded since); a run that does not reproduce is named and left as it is (exit status 1)",
     )
     p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="train and generate in this precision (auto: bf16 where it is fast here, a GPU or a CPU with native bf16, "
+        "else fp32). A results file holds one precision: to resume a file on a machine whose auto choice differs, "
+        "give the file's (its runs' `precision`)",
+    )
+    p.add_argument(
         "--report",
         action="store_true",
         help="run nothing: print the report of the results file and, with --update-docs, rewrite the docs from it",
@@ -93,6 +102,8 @@ def main(ns: argparse.Namespace) -> int:
         print(result["markdown"])
         return 0
     threads = ns.threads or max(1, min(2, (os.cpu_count() or 1) // max(1, ns.jobs)))
+    if ns.precision != "auto":  # an environment variable, so that the family processes (--jobs) inherit it
+        os.environ[PRECISION_ENV] = ns.precision
     if ns.recheck:
         failed = study.recheck(ns.recheck, design_name=ns.design, results=ns.results, threads=threads, design=design,
                                completions_dir=ns.completions)  # fmt: skip

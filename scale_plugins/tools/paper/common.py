@@ -63,6 +63,23 @@ def on_cuda() -> bool:
     return torch.cuda.is_available() and os.environ.get("SCALE_PLUGINS_DEVICE", "").lower() != "cpu"
 
 
+#: the environment variable that fixes the study's precision (``fp32`` or ``bf16``) whatever the machine; set by
+#: ``scale-plugins study --precision`` so that its family processes inherit it
+PRECISION_ENV = "SCALE_PLUGINS_PRECISION"
+
+
+def forced_precision() -> str | None:
+    """The precision :data:`PRECISION_ENV` fixes (``fp32`` or ``bf16``), ``None`` where it is unset or ``auto``. A
+    results file holds one precision (paired runs must not differ in it): a study resumed on a machine whose own
+    choice differs (e.g. one with native bf16 after runs made on an AVX2 CPU in fp32) keeps the file's with it."""
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in ("fp32", "bf16"):
+        raise ValueError(f"{PRECISION_ENV}={value!r}: expected fp32, bf16 or auto")
+    return value
+
+
 @functools.cache
 def bf16_is_fast() -> bool:
     """bf16 on a CUDA GPU; on a CPU only where a bf16 matmul is measured faster than float32 (CPUs without native

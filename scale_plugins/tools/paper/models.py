@@ -59,8 +59,13 @@ class ModelSpec:
         return Path("docs/results") / f"{self.key}.json"
 
     def precision(self) -> str:
-        from .common import bf16_is_fast
+        """``bf16`` or ``fp32``: :func:`.common.forced_precision` where set (``study --precision``), else bf16 where
+        the entry allows it and bf16 is fast here."""
+        from .common import bf16_is_fast, forced_precision
 
+        forced = forced_precision()
+        if forced is not None:
+            return forced
         return "bf16" if self.bf16_where_fast and bf16_is_fast() else "fp32"
 
 

@@ -526,7 +526,8 @@ def _check_design(data: dict[str, Any], design_name: str, design: Design, path: 
     if there and there != {here}:
         raise SystemExit(
             f"{path} holds runs made on {sorted(there)}; this machine trains on {here}: use a new results file "
-            "(study: --results; bench-paper: --output-dir; paired runs must not differ in device or precision)"
+            "(study: --results; bench-paper: --output-dir; paired runs must not differ in device or precision), or "
+            "resume this one in its precision (study --precision)"
         )
 
 
