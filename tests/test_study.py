@@ -364,6 +364,8 @@ needs_model = pytest.mark.skipif(
 @needs_model
 @pytest.mark.slow
 def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
+    import torch
+
     from scale_plugins.tools.cli import main
 
     monkeypatch.setenv("SCALE_PLUGINS_STUDY_TMP", str(tmp_path / "tmp"))
@@ -379,6 +381,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
         assert all(run.get(k) is not None or k == "scale_options" for k in REQUIRED)
         assert run["n_eval"] == design.n_eval and len(run["correct"]) == design.n_eval
         assert run["precision"] in ("bf16", "fp32") and run["sft_time_s"] > 0
+        assert run["processor"] and run["torch_version"].startswith(torch.__version__.split("+")[0])
         assert len(run["cut_at_limit"]) == design.n_eval  # a cut trace is a dropped closer, never the other way
         assert all(d == "1" for c, d in zip(run["cut_at_limit"], run["dropped_closer"]) if c == "1")
     close = [r for r in data["runs"] if r["arm"] == "scale_close"]
@@ -550,7 +553,8 @@ def test_recheck_adds_only_what_a_reproducing_rerun_records(tmp_path, monkeypatc
         seen.append((planned, lr))
         base = stored if planned.arm == "scale_sft" else other
         flip = {"correct": "1110"} if planned.arm == "sft" else {}  # vanilla's rerun answers one more question
-        return {**base, "sft_time_s": 120.0, "cut_at_limit": "0010", **flip}, None
+        rerun_machine = {"processor": "Other CPU", "torch_version": "9.9"}  # where the rerun ran, not the run
+        return {**base, "sft_time_s": 120.0, "cut_at_limit": "0010", **rerun_machine, **flip}, None
 
     monkeypatch.setattr(study, "run_one", rerun)
     failed = study.recheck([stored["key"], other["key"]], results=path, design=design)
@@ -561,6 +565,7 @@ def test_recheck_adds_only_what_a_reproducing_rerun_records(tmp_path, monkeypatc
     assert kept["cut_at_limit"] == "0010" and kept["sft_time_s"] == 100.0  # added, and the stored time stays
     assert kept["rechecked"][0]["added"] == ["cut_at_limit"] and kept["rechecked"][0]["sft_time_s"] == 120.0
     assert kept["rechecked"][0]["reproduced"] == ["correct", "malformed", "dropped_closer"]
+    assert "processor" not in kept and kept["rechecked"][0]["processor"] == "Other CPU"
     # a second recheck adds nothing and keeps the first one's record
     assert study.recheck([stored["key"]], results=path, design=design) == []
     again = next(r for r in study.load(path)["runs"] if r["key"] == stored["key"])

@@ -3,6 +3,7 @@ timing, the GRPO stage, the device and precision checks, completions files and t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -78,6 +79,28 @@ def forced_precision() -> str | None:
     if value not in ("fp32", "bf16"):
         raise ValueError(f"{PRECISION_ENV}={value!r}: expected fp32, bf16 or auto")
     return value
+
+
+@functools.cache
+def machine() -> dict[str, str]:
+    """What a run was computed on, beyond device and precision: the processor's model name (a GPU's, else the
+    CPU's) and the torch version. Runs of one results file may come from several machines of a kind (sessions on
+    different CPUs); float32 kernels differ between CPU models in the last bits, so this says which runs shared one."""
+    import platform
+
+    import torch
+
+    name = ""
+    if on_cuda():
+        name = torch.cuda.get_device_name()
+    else:
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        name = name or platform.processor() or platform.machine()
+    return {"processor": name, "torch_version": str(torch.__version__)}
 
 
 @functools.cache

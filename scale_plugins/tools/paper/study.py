@@ -698,7 +698,7 @@ def run_one(
     log), which the arm's GRPO twin continues from."""
     import torch
 
-    from .common import on_cuda, segment_ce, write_completions
+    from .common import machine, on_cuda, segment_ce, write_completions
     from .train import GRPO_LOG_KEYS, SFT_LOG_KEYS, compact_log, train_grpo, train_sft, training_rows
 
     spec = MODELS[design.model]
@@ -750,6 +750,7 @@ def run_one(
         "final_train_loss": next((row["loss"] for row in reversed(history) if "loss" in row), None),
         "device": "cuda" if on_cuda() else "cpu",
         "precision": spec.precision(),
+        **machine(),
         "torch_threads": torch.get_num_threads(),
         "eval_time_s": time.perf_counter() - t0,
         "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -907,6 +908,8 @@ def run(
     return result
 
 
+#: the fields :func:`.common.machine` adds to a run: they describe where it ran, so a recheck never copies them
+MACHINE_FIELDS = ("processor", "torch_version")
 #: what a rerun must reproduce, question by question, before :func:`recheck` adds anything to a stored run
 RECHECKED = ("correct", "malformed", "dropped_closer", "dev_accuracy", "dev_malformed_rate")
 
@@ -920,13 +923,15 @@ def merge_recheck(stored: dict[str, Any], rerun: dict[str, Any]) -> tuple[dict[s
     differ = [k for k in RECHECKED if k in stored and stored[k] != rerun.get(k)]
     if differ or stored["key"] != rerun["key"]:
         return None, differ or ["key"]
-    added = {k: v for k, v in rerun.items() if k not in stored and k != "rechecked"}
+    # what the rerun ran on describes the rerun, not the stored run: it goes to the entry, never into the record
+    added = {k: v for k, v in rerun.items() if k not in stored and k not in ("rechecked", *MACHINE_FIELDS)}
     earlier = stored.get("rechecked", [])
     entry = {
         "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "reproduced": [k for k in RECHECKED if k in stored],
         "added": sorted(added),
         "sft_time_s": rerun.get("sft_time_s"),
+        **{k: rerun[k] for k in MACHINE_FIELDS if k in rerun},
     }
     return {**stored, **added, "rechecked": [*(earlier if isinstance(earlier, list) else [earlier]), entry]}, []
 
