@@ -409,6 +409,55 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert {k: v for k, v in rechecked.items() if k not in ("cut_at_limit", "rechecked")} == lacking
 
 
+def test_stopping_the_study_command_stops_its_family_processes(tmp_path, monkeypatch):
+    """``kill PID`` of `scale-plugins study --jobs 2` (a SIGTERM to that process alone) used to leave its family
+    processes training on, orphaned; now they are terminated, as with Ctrl-C."""
+    import signal
+    import subprocess
+    import threading
+    import time as time_module
+
+    started = []
+    real_popen, real_sleep = subprocess.Popen, time_module.sleep
+
+    def popen(args, **kwargs):  # a family process that would train for a minute
+        started.append(real_popen(["sleep", "60"], **kwargs))
+        return started[-1]
+
+    sent = []
+
+    def sleep(seconds):  # the supervisor's poll (time is one module: other threads' sleeps pass through)
+        if threading.current_thread() is threading.main_thread() and len(started) == 2 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # the user stops the command, once
+        real_sleep(min(seconds, 5))
+
+    monkeypatch.setattr(study.subprocess, "Popen", popen)
+    monkeypatch.setattr(study.time, "sleep", sleep)
+    design = study.DESIGNS["smoke"]
+    missing = study.plan(design)
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):  # this test's own: a SIGTERM the command does not handle ends the call here
+        raise Stopped
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises((KeyboardInterrupt, Stopped)):
+            study._family_processes("smoke", design, tmp_path / "r.json", ("mc", "arith"), None, 1, 2, tmp_path,
+                                    None, missing)  # fmt: skip
+        alive = [proc.poll() is None for proc in started]
+        assert signal.getsignal(signal.SIGTERM) is stop  # the command puts back the handler it found
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        for proc in started:
+            proc.kill()
+            proc.wait()
+    assert len(started) == 2 and not any(alive)
+
+
 # -- the precision rule: seeds at the claim budget until every interval is narrow enough ---------------------------
 
 

@@ -1013,34 +1013,74 @@ def _family_processes(
     arms_t = tuple(arms) if arms else None
     known = set(plan(design, families, arms_t, load(path).get("runs", [])))
     pending, running, failed = list(families), {}, []
-    while pending or running:
-        while pending and len(running) < jobs:
-            family = pending.pop(0)
-            call = {"design_name": design_name, "design": dataclasses.asdict(design), "results": str(path),
-                    "families": [family], "arms": arms, "threads": threads, "work_dir": str(work / family),
-                    "completions_dir": str(completions_dir) if completions_dir else None}  # fmt: skip
-            log = (logs / f"{family}.log").open("w")
-            proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=log,
-                                    stderr=subprocess.STDOUT, text=True)  # fmt: skip
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(call))
-            proc.stdin.close()
-            running[family] = (proc, log)
-        time.sleep(2)
-        for family, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[family]
-                if proc.returncode != 0:
-                    failed.append(family)
-        runs = load(path).get("runs", [])
-        counted = missing + [p for p in plan(design, families, arms_t, runs) if p not in known]  # + added seeds
-        bar.total, bar.n = len(counted), sum(is_done(p, runs) for p in counted)
-        bar.refresh()
+    try:
+        with _sigterm_as_interrupt():
+            while pending or running:
+                while pending and len(running) < jobs:
+                    family = pending.pop(0)
+                    call = {"design_name": design_name, "design": dataclasses.asdict(design), "results": str(path),
+                            "families": [family], "arms": arms, "threads": threads, "work_dir": str(work / family),
+                            "completions_dir": str(completions_dir) if completions_dir else None}  # fmt: skip
+                    log = (logs / f"{family}.log").open("w")
+                    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=log,
+                                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                    assert proc.stdin is not None
+                    proc.stdin.write(json.dumps(call))
+                    proc.stdin.close()
+                    running[family] = (proc, log)
+                time.sleep(2)
+                for family, (proc, log) in list(running.items()):
+                    if proc.poll() is not None:
+                        log.close()
+                        del running[family]
+                        if proc.returncode != 0:
+                            failed.append(family)
+                runs = load(path).get("runs", [])
+                counted = missing + [p for p in plan(design, families, arms_t, runs) if p not in known]  # + added seeds
+                bar.total, bar.n = len(counted), sum(is_done(p, runs) for p in counted)
+                bar.refresh()
+    finally:  # interrupted (Ctrl-C, a SIGTERM to this process alone): no family process outlives the command
+        _stop_processes([proc for proc, _ in running.values()])
+        for _, log in running.values():
+            log.close()
     bar.close()
     if failed:
         tails = "\n".join(f"--- {f} ({logs / f}.log):\n" + (logs / f"{f}.log").read_text()[-2000:] for f in failed)
         raise SystemExit(f"the family process(es) {failed} failed\n{tails}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A SIGTERM raises KeyboardInterrupt here (in the main thread), so that ``finally`` blocks run: ``kill PID``
+    of the study command then stops its family processes too, as Ctrl-C (sent to the whole process group) does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate the processes still running, and kill those that have not exited 30 s later."""
+    alive = [p for p in procs if p.poll() is None]
+    for proc in alive:
+        proc.terminate()
+    for proc in alive:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def family_process_main(call_json: str) -> None:
