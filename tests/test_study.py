@@ -168,6 +168,18 @@ def test_report_pairs_arms_at_the_tuned_rate_with_exact_tests():
     assert study.report({"design": _design_dict(), "runs": flipped})["pairs"]
 
 
+def test_report_names_the_processors_the_runs_ran_on():
+    runs = [_run(lr=1e-3, tuning=True, dev=(0.5, 0.0)), _run(arm="scale_sft")]
+    assert "processors" not in study.report({"design": _design_dict(), "runs": runs})["markdown"]
+    runs += [_run(seed=s, processor="Intel(R) Xeon(R) Processor") for s in (1, 2)]
+    runs += [_run(arm="scale_sft", seed=1, processor="AMD EPYC 7B13")]
+    text = study.report({"design": _design_dict(), "runs": runs})["markdown"]
+    assert (
+        "devices: cpu fp32; processors: Intel(R) Xeon(R) Processor (2 runs), AMD EPYC 7B13 (1 run), "
+        "not recorded (2 runs))." in text
+    )
+
+
 def test_report_accuracy_cells_state_their_interval_and_the_paired_sft_time():
     runs = [
         _run(lr=1e-3, tuning=True, dev=(0.5, 0.0), correct="1100", sft_time_s=400.0),

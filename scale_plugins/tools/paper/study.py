@@ -1361,7 +1361,8 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
     n_total = len(plan(design_obj, runs=runs))
     lines.append(
         f"{len(runs)} of {n_total} planned runs finished "
-        f"(model {runs[0]['model']}; devices: {', '.join(sorted({r['device'] + ' ' + r['precision'] for r in runs}))})."
+        f"(model {runs[0]['model']}; devices: {', '.join(sorted({r['device'] + ' ' + r['precision'] for r in runs}))}"
+        f"{_processor_text(runs)})."
     )
     lines.append("")
     if len(design["lr_grid"]) == 1:
@@ -1457,6 +1458,19 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
         image = image or f"img/results_{key}_curve.png"
         lines += ["", f"![accuracy vs SFT budget and wall time]({image})"]
     return {"markdown": "\n".join(lines) + "\n", "summary": summary, "pairs": all_pairs, "closing_tag": choice}
+
+
+def _processor_text(runs: list[dict[str, Any]]) -> str:
+    """``; processors: A (n runs), B (m runs), not recorded (k runs)`` where some run records its processor (runs
+    before that field existed count as not recorded), else nothing."""
+    if not any(r.get("processor") for r in runs):
+        return ""
+    counts: dict[str, int] = {}
+    for r in runs:
+        name = r.get("processor") or "not recorded"
+        counts[name] = counts.get(name, 0) + 1
+    order = sorted(counts, key=lambda name: (name == "not recorded", -counts[name], name))
+    return "; processors: " + ", ".join(f"{name} ({counts[name]} run{'s' * (counts[name] != 1)})" for name in order)
 
 
 def _precision_lines(cells: dict, design: Design, runs: list[dict[str, Any]], family: str) -> list[str]:
