@@ -153,7 +153,8 @@ def test_report_pairs_arms_at_the_tuned_rate_with_exact_tests():
     assert [round(100 * s["diff"]) for s in pair["per_seed"]] == [60, 50, 70, 60]
     assert pair["per_seed"][0]["only_first"] == 6 and pair["per_seed"][0]["p"] == pytest.approx(2 / 64)
     assert pair["significant"] and pair["sign_flip_p"] == pytest.approx(2 / 16)
-    assert "60.0 points better (significant" in result["summary"]
+    assert "60.0 points better (significant: 95% interval" in result["summary"]
+    assert "sign-flip p=0.12, 4 seeds)" in result["summary"]  # the exact test beside the interval
     assert result["summary"].endswith("(study in progress: none yet at 96, the budget the claim rests on).")
     assert "| `mc` | 24 | 50.0% | 25.0% | 0.001 |" in result["markdown"]
 
