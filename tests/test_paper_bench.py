@@ -135,8 +135,8 @@ def test_options_shape_the_design():
         design_of(parse(["--train-file", "a.jsonl", "--eval-file", "b.jsonl", "--family", "mc"]))
 
 
-def test_a_design_travels_to_a_family_process_unchanged():
-    """--jobs: each family process gets the design as JSON (no command line rewritten), the user's options included."""
+def test_a_design_travels_to_a_worker_process_unchanged():
+    """--jobs: each worker process gets the design as JSON (no command line rewritten), the user's options included."""
     _, d = design_of(parse(["--model", "smollm2", "--seeds", "1", "--scale-set", "normalization=token"]))
     import dataclasses
 

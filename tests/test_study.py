@@ -240,12 +240,12 @@ def test_report_counts_dropped_closers_per_budget_and_arm_over_seeds_and_familie
     assert "cause not recorded" not in text
 
 
-def test_wall_estimate_runs_the_families_jobs_at_a_time():
-    per_family = {"a": 10.0, "b": 6.0, "c": 5.0}
-    assert study.wall_estimate(per_family, 1) == 21.0  # one after another
-    assert study.wall_estimate(per_family, 2) == 11.0  # a | b then c
-    assert study.wall_estimate(per_family, 3) == study.wall_estimate(per_family, 8) == 10.0
-    assert study.wall_estimate({}, 2) == 0.0
+def test_wall_estimate_gives_each_run_to_the_first_free_worker():
+    per_run = [10.0, 6.0, 5.0, 4.0]
+    assert study.wall_estimate(per_run, 1) == 25.0  # one after another
+    assert study.wall_estimate(per_run, 2) == 14.0  # 10 | 6, then 5 on the free one (6-11), then 4 (10-14)
+    assert study.wall_estimate(per_run, 4) == study.wall_estimate(per_run, 8) == 10.0
+    assert study.wall_estimate([], 2) == 0.0
 
 
 def test_results_file_append_replace_and_design_check(tmp_path, monkeypatch):
@@ -272,7 +272,7 @@ def test_results_file_append_replace_and_design_check(tmp_path, monkeypatch):
 
 def test_a_results_file_is_resumed_in_its_precision_on_a_machine_that_would_choose_another(tmp_path, monkeypatch):
     """A machine with native bf16 resumes a file of fp32 runs (made on an AVX2 CPU) only in fp32: refused in its
-    own choice, accepted with --precision fp32 (SCALE_PLUGINS_PRECISION, which the family processes inherit)."""
+    own choice, accepted with --precision fp32 (SCALE_PLUGINS_PRECISION, which the worker processes inherit)."""
     from scale_plugins.tools.paper import common
     from scale_plugins.tools.paper.models import MODELS
 
@@ -297,7 +297,7 @@ def test_a_results_file_is_resumed_in_its_precision_on_a_machine_that_would_choo
         MODELS[design.model].precision()
 
 
-def test_study_precision_flag_reaches_the_environment_the_family_processes_inherit(monkeypatch):
+def test_study_precision_flag_reaches_the_environment_the_worker_processes_inherit(monkeypatch):
     import argparse
 
     from scale_plugins.tools import study as study_cli
@@ -385,11 +385,15 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     results = tmp_path / "smollm2.json"
     argv = ["study", "--design", "smoke", "--results", str(results), "--threads", "1"]
     argv += ["--arms", "sft", "scale_close"]
-    assert main(argv) == 0
+    assert main([*argv, "--jobs", "2"]) == 0  # two workers share the runs
     data = study.load(results)
     design = study.DESIGNS["smoke"]
     expected = study.plan(design, arms=("sft", "scale_close"))
     assert len(data["runs"]) == len(expected)
+    logs = [(tmp_path / "tmp" / "logs" / f"worker{i}.log").read_text() for i in (0, 1)]
+    finished = [line.split()[1].rstrip(":") for log in logs for line in log.splitlines() if line.startswith("finished")]
+    assert sorted(finished) == sorted(r["key"] for r in data["runs"])  # each run trained once, by one worker
+    assert not Path(f"{results}.claims").exists()
     for run in data["runs"]:
         assert all(run.get(k) is not None or k == "scale_options" for k in REQUIRED)
         assert run["n_eval"] == design.n_eval and len(run["correct"]) == design.n_eval
@@ -422,8 +426,8 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert {k: v for k, v in rechecked.items() if k not in ("cut_at_limit", "rechecked")} == lacking
 
 
-def test_stopping_the_study_command_stops_its_family_processes(tmp_path, monkeypatch):
-    """``kill PID`` of `scale-plugins study --jobs 2` (a SIGTERM to that process alone) used to leave its family
+def test_stopping_the_study_command_stops_its_worker_processes(tmp_path, monkeypatch):
+    """``kill PID`` of `scale-plugins study --jobs 2` (a SIGTERM to that process alone) used to leave its worker
     processes training on, orphaned; now they are terminated, as with Ctrl-C."""
     import signal
     import subprocess
@@ -433,7 +437,7 @@ def test_stopping_the_study_command_stops_its_family_processes(tmp_path, monkeyp
     started = []
     real_popen, real_sleep = subprocess.Popen, time_module.sleep
 
-    def popen(args, **kwargs):  # a family process that would train for a minute
+    def popen(args, **kwargs):  # a worker process that would train for a minute
         started.append(real_popen(["sleep", "60"], **kwargs))
         return started[-1]
 
@@ -459,7 +463,7 @@ def test_stopping_the_study_command_stops_its_family_processes(tmp_path, monkeyp
     before = signal.signal(signal.SIGTERM, stop)
     try:
         with pytest.raises((KeyboardInterrupt, Stopped)):
-            study._family_processes("smoke", design, tmp_path / "r.json", ("mc", "arith"), None, 1, 2, tmp_path,
+            study._worker_processes("smoke", design, tmp_path / "r.json", ("mc", "arith"), None, 1, 2, tmp_path,
                                     None, missing)  # fmt: skip
         alive = [proc.poll() is None for proc in started]
         assert signal.getsignal(signal.SIGTERM) is stop  # the command puts back the handler it found
@@ -596,6 +600,101 @@ def test_the_runner_runs_the_seeds_the_precision_rule_adds(tmp_path, monkeypatch
     calm = tmp_path / "calm.json"
     study.run("powered", results=calm, design=design, threads=1)
     assert sorted(r["seed"] for r in study.load(calm)["runs"]) == [0, 0, 1, 1, 2, 2]
+
+
+def _other_process():
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def _claims(path):
+    file = Path(f"{path}.claims")
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def test_a_run_is_claimed_by_one_process_and_a_dead_process_claim_lapses(tmp_path):
+    import socket
+
+    design = dataclasses.replace(study.DESIGNS["powered"], model="tiny", families=("arith_small",))
+    path = tmp_path / "r.json"
+    planned = study.Planned("arith_small", "scale_sft", 1, 24, None)
+    assert study.planned_id(planned) == "arith_small/24/scale_sft/seed1/lr-tuned"
+    assert study.claim(path, planned) and study.claim(path, planned)  # mine, and mine again
+    assert _claims(path)[study.planned_id(planned)]["pid"] == os.getpid()
+    assert study.held_by_others(path) == set()
+    study.release(path, planned)
+    assert _claims(path) is None  # nothing held: no file left behind
+    other = _other_process()
+    try:
+        held = {study.planned_id(planned): {"pid": other.pid, "host": socket.gethostname(), "since": "now"}}
+        Path(f"{path}.claims").write_text(json.dumps(held))
+        assert not study.claim(path, planned)  # another live process holds it
+        assert study.held_by_others(path) == {study.planned_id(planned)}
+        study.release(path, planned)  # not mine: stays
+        assert _claims(path) == held
+    finally:
+        other.kill()
+        other.wait()
+    assert study.held_by_others(path) == set() and study.claim(path, planned)  # its process died: the claim lapsed
+    study.release(path, planned)
+    # a run that is in the results file is never claimed again
+    study.append_run(path, "powered", design, _run(family="arith_small", arm="scale_sft", seed=1))
+    assert not study.claim(path, planned)
+    tuning = study.Planned("arith_small", "sft", 0, 48, 1.5e-3, tuning=True)
+    assert study.planned_id(tuning) == "arith_small/48/sft/seed0/lr0.0015"
+
+
+def test_workers_share_the_runs_and_wait_for_the_runs_others_hold(tmp_path, monkeypatch):
+    """A worker skips the run another live worker holds, trains every other run once, and waits (instead of
+    stopping) while the other still trains: the precision rule can only decide once that run is in."""
+    import socket
+
+    design = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,
+                                 n_eval=4, arms=("sft", "scale_sft"))  # fmt: skip
+    monkeypatch.setattr(study, "estimate_seconds", lambda *a, **k: {})
+
+    def record(planned, lr):  # SCALe − vanilla alternates +50 / -50 points: seeds are added up to the cap of 5
+        acc = 0.5 if planned.arm == "sft" else (1.0 if planned.seed % 2 else 0.0)
+        return _run(family=planned.family, arm=planned.arm, seed=planned.seed, budget=planned.budget, lr=lr,
+                    correct=_correct(acc, 4))  # fmt: skip
+
+    trained = []
+
+    def fake_run_one(design, planned, lr, data, work_dir, sft=None, completions_dir=None, grpo_setting=None):
+        trained.append(planned)
+        assert study.held_by_others(results) == ({study.planned_id(held)} if other.poll() is None else set())
+        return record(planned, lr), None
+
+    results = tmp_path / "tiny.json"
+    held = study.Planned("arith_small", "scale_sft", 2, 96, None)
+    other = _other_process()
+    Path(f"{results}.claims").write_text(
+        json.dumps({study.planned_id(held): {"pid": other.pid, "host": socket.gethostname(), "since": "now"}})
+    )
+    waits = []
+
+    def other_worker_finishes(seconds):  # the first wait: the other worker appends its run and exits
+        waits.append(seconds)
+        if other.poll() is None:
+            study.append_run(results, "powered", design, record(held, 1e-3))
+            other.kill()
+            other.wait()
+
+    monkeypatch.setattr(study, "run_one", fake_run_one)
+    monkeypatch.setattr(study.time, "sleep", other_worker_finishes)
+    try:
+        study.run("powered", results=results, design=design, threads=1)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert waits == [study.CLAIM_POLL_S]
+    assert held not in trained and len(trained) == len(set(trained)) == 9  # 2 arms x 5 seeds, less the held run
+    runs = study.load(results)["runs"]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [(a, s) for a in ("scale_sft", "sft") for s in range(5)]
+    assert _claims(results) is None  # every claim given back
 
 
 def test_recheck_adds_only_what_a_reproducing_rerun_records(tmp_path, monkeypatch):

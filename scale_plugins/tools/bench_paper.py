@@ -64,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         default=None,
-        help="how many families train side by side, one process each (default: one per family when the machine has "
-        "a CPU for each, else 1)",
+        help="how many worker processes train side by side, each taking the next run no other holds (default: one "
+        "per family when the machine has a CPU for each, else 1)",
     )
     p.add_argument("--family", nargs="+", choices=sorted(FAMILIES), default=None, help="built-in task families")
     p.add_argument("--train-file", default=None, help="your training JSONL (messages or prompt/completion)")

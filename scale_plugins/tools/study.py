@@ -51,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         default=1,
-        help="how many families train side by side, one process each, appending to the same results file",
+        help="how many worker processes train side by side, each taking the next run no other holds (families and "
+        "seeds alike), appending to the same results file; a second study command on the same file joins in the "
+        "same way",
     )
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (then report)")
     p.add_argument(
@@ -102,7 +104,7 @@ def main(ns: argparse.Namespace) -> int:
         print(result["markdown"])
         return 0
     threads = ns.threads or max(1, min(2, (os.cpu_count() or 1) // max(1, ns.jobs)))
-    if ns.precision != "auto":  # an environment variable, so that the family processes (--jobs) inherit it
+    if ns.precision != "auto":  # an environment variable, so that the worker processes (--jobs) inherit it
         os.environ[PRECISION_ENV] = ns.precision
     if ns.recheck:
         failed = study.recheck(ns.recheck, design_name=ns.design, results=ns.results, threads=threads, design=design,

@@ -492,7 +492,7 @@ def grpo_is_tuned(design: Design | dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock next to the results file: family processes may append to it side by side."""
+    """An exclusive lock next to the results file: worker processes may append to it and claim runs side by side."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -508,6 +508,97 @@ def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {"runs": []}
     return json.loads(path.read_text())
+
+
+# -- claims: several worker processes (or commands) share one results file as a queue of runs ------------------------
+
+#: seconds a worker with nothing it may start waits before it looks again (runs other workers hold may finish, and
+#: the precision rule may then add seeds)
+CLAIM_POLL_S = 30.0
+
+
+def planned_id(planned: Planned) -> str:
+    """A run's name in the claims file (its results key, with ``lr-tuned`` where the budget's tuned rate applies)."""
+    rate = "lr-tuned" if planned.lr is None else f"lr{planned.lr:g}"
+    base = f"{planned.family}/{planned.budget}/{planned.arm}/seed{planned.seed}/{rate}"
+    return base if planned.grpo is None else f"{base}/grpo{planned.grpo}"
+
+
+def _claims_path(path: Path) -> Path:
+    return Path(f"{path}.claims")
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the process that holds a claim still runs. A claim from another machine cannot be checked and counts
+    as held (delete ``<results>.claims`` to clear one left by a machine that went away)."""
+    import socket
+
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _mine(holder: dict[str, Any]) -> bool:
+    import socket
+
+    return holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
+def _live_claims(path: Path) -> dict[str, dict[str, Any]]:
+    """The claims of ``path`` whose process still runs (call it under :func:`_locked`)."""
+    file = _claims_path(path)
+    claims = json.loads(file.read_text()) if file.is_file() else {}
+    return {k: v for k, v in claims.items() if _alive(v)}
+
+
+def _write_claims(path: Path, claims: dict[str, dict[str, Any]]) -> None:
+    file = _claims_path(path)
+    if not claims:
+        file.unlink(missing_ok=True)
+        return
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(json.dumps(claims, indent=1) + "\n")
+    tmp.replace(file)
+
+
+def claim(path: Path, planned: Planned) -> bool:
+    """Take ``planned`` for this process: False when the results file already holds it or another live process has
+    taken it. A worker runs only what it claimed, so workers (``--jobs``) and further commands on the same results
+    file never train the same run twice; the claim of a process that died lapses."""
+    import socket
+
+    with _locked(path):
+        if is_done(planned, load(path).get("runs", [])):
+            return False
+        claims = _live_claims(path)
+        holder = claims.get(planned_id(planned))
+        if holder is not None and not _mine(holder):
+            return False
+        claims[planned_id(planned)] = {"pid": os.getpid(), "host": socket.gethostname(),
+                                       "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}  # fmt: skip
+        _write_claims(path, claims)
+        return True
+
+
+def release(path: Path, planned: Planned) -> None:
+    """Give back this process's claim on ``planned`` (run finished, failed or interrupted)."""
+    with _locked(path):
+        claims = _live_claims(path)
+        if _mine(claims.get(planned_id(planned), {})):
+            del claims[planned_id(planned)]
+        _write_claims(path, claims)
+
+
+def held_by_others(path: Path) -> set[str]:
+    """The runs (:func:`planned_id`) that other live processes hold now."""
+    with _locked(path):
+        return {k for k, v in _live_claims(path).items() if not _mine(v)}
 
 
 def _check_design(data: dict[str, Any], design_name: str, design: Design, path: Path) -> None:
@@ -821,7 +912,7 @@ def run(
     """Run what is missing from ``results`` (resumable at run granularity), then write the report.
 
     ``design``: the design to run (default ``DESIGNS[design_name]``; ``design_name`` is what the results file calls
-    it); ``jobs`` > 1: the families side by side, one process each (:func:`_family_processes`), appending to the same
+    it); ``jobs`` > 1: that many worker processes side by side (:func:`_worker_processes`), appending to the same
     file; ``work_dir``: the trainers' output folder; ``completions_dir``: every held-out completion, one JSONL per
     run; ``image``: the plot's path in the report (:func:`report`)."""
     from tqdm.auto import tqdm
@@ -853,52 +944,73 @@ def run(
     if missing:
         if spec.prepare is not None:
             spec.prepare()
-        per_family = estimate_seconds(design, missing, splits)
-        side_by_side = jobs > 1 and len(fams) > 1
-        text = f"estimated time for the {len(missing)} missing runs: {sum(per_family.values()) / 3600:.1f} h"
-        if side_by_side:
-            text += (f" of compute, {wall_estimate(per_family, jobs) / 3600:.1f} h of wall time with "
-                     f"{min(jobs, len(fams))} family processes side by side")  # fmt: skip
+        per_run = estimate_seconds(design, missing, splits)
+        workers = max(1, min(jobs, len(missing)))
+        text = f"estimated time for the {len(missing)} missing runs: {sum(per_run.values()) / 3600:.1f} h"
+        if workers > 1:
+            text += (f" of compute, {wall_estimate(list(per_run.values()), workers) / 3600:.1f} h of wall time with "
+                     f"{workers} worker processes side by side")  # fmt: skip
         print(text + " (from a measured step)", flush=True)
-    if missing and jobs > 1 and len(fams) > 1:
-        _family_processes(design_name, design, path, fams, arms, threads, jobs, work, completions_dir, missing)
-        missing = []
+        if workers > 1:
+            _worker_processes(design_name, design, path, fams, arms, threads, workers, work, completions_dir, missing)
+            missing = []
     bar = tqdm(total=len(missing), desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
+    counted = set(missing)
     ran = 0
     sft_for: dict[tuple[str, int, int, str], tuple[Any, float, list[dict]]] = {}
-    tried: set[Planned] = set()
-    while missing and (max_runs is None or ran < max_runs):
-        planned = missing.pop(0)
-        tried.add(planned)
-        runs = load(path).get("runs", [])
+    tried: set[Planned] = set()  # the runs this process trained (or saw fail to count as done)
+
+    def settings_of(planned: Planned, runs: list[dict[str, Any]]) -> tuple[float | None, bool, int | None]:
         lr = planned.lr if planned.lr is not None else chosen_lr(runs, planned.family, planned.budget, design.lr_grid)
-        if lr is None:
-            bar.write(f"skipped {planned}: the vanilla tuning of its budget has not finished")
-            continue
         ready, setting = grpo_setting_of(design, planned, runs)
-        if not ready:
-            bar.write(f"skipped {planned}: the vanilla tuning of the GRPO setting has not finished")
+        return lr, ready and lr is not None, setting
+
+    while max_runs is None or ran < max_runs:
+        if not missing:  # the precision rule may call for further seeds now, and runs other workers held may be in
+            runs = load(path).get("runs", [])
+            busy = held_by_others(path)
+            todo = [p for p in plan(design, fams, arms_t, runs) if p not in tried and not is_done(p, runs)]
+            missing = [p for p in todo if planned_id(p) not in busy and settings_of(p, runs)[1]]
+            if not missing:
+                if not busy:  # nothing left that could become ready: say what was not run, and why
+                    for p in todo:
+                        why = "the vanilla tuning of " + ("its budget" if settings_of(p, runs)[0] is None else
+                                                          "the GRPO setting")  # fmt: skip
+                        bar.write(f"skipped {p}: {why} has not finished")
+                    break
+                time.sleep(CLAIM_POLL_S)  # other workers are training: their runs may unblock or add some
+                continue
+            bar.total += len(set(missing) - counted)
+            counted |= set(missing)
+            bar.refresh()
+        planned = missing.pop(0)
+        runs = load(path).get("runs", [])
+        lr, ready, setting = settings_of(planned, runs)
+        if not ready or not claim(path, planned):  # not ready yet, done or held by another worker: looked at again
             continue
+        assert lr is not None
+        tried.add(planned)
         arm = ARMS[planned.arm]
         twin = (planned.family, planned.budget, planned.seed, arm.grpo_after or "")
-        record, sft = run_one(design, planned, lr, splits[planned.family], work,
-                              sft=None if planned.tuning else sft_for.pop(twin, None),
-                              completions_dir=Path(completions_dir) if completions_dir else None,
-                              grpo_setting=setting)  # fmt: skip
-        grpo_twin = [a for a, x in ARMS.items() if x.grpo_after == planned.arm]
-        if not planned.tuning and any(p.arm in grpo_twin and (p.family, p.budget, p.seed) == twin[:3] for p in missing):
-            # its GRPO twin continues from this SFT model (a tuning run's rate may not be the chosen one: its twin
-            # trains SFT again, deterministically, at the chosen rate)
-            sft_for[(planned.family, planned.budget, planned.seed, planned.arm)] = sft
-        append_run(path, design_name, design, record)
+        try:
+            record, sft = run_one(design, planned, lr, splits[planned.family], work,
+                                  sft=None if planned.tuning else sft_for.pop(twin, None),
+                                  completions_dir=Path(completions_dir) if completions_dir else None,
+                                  grpo_setting=setting)  # fmt: skip
+            grpo_twin = [a for a, x in ARMS.items() if x.grpo_after == planned.arm]
+            if not planned.tuning and any(
+                p.arm in grpo_twin and (p.family, p.budget, p.seed) == twin[:3] for p in missing
+            ):
+                # its GRPO twin continues from this SFT model (a tuning run's rate may not be the chosen one: its
+                # twin trains SFT again, deterministically, at the chosen rate)
+                sft_for[(planned.family, planned.budget, planned.seed, planned.arm)] = sft
+            append_run(path, design_name, design, record)
+        finally:
+            release(path, planned)
         ran += 1
         bar.update(1)
         bar.set_postfix_str(f"{record['key']}: acc {record['accuracy']:.2f}")
-        if not missing:  # the precision rule may call for further seeds now
-            runs = load(path).get("runs", [])
-            missing = [p for p in plan(design, fams, arms_t, runs) if p not in tried and not is_done(p, runs)]
-            bar.total += len(missing)
-            bar.refresh()
+        bar.write(f"finished {record['key']}: accuracy {record['accuracy']:.3f}, SFT {record['sft_time_s']:.0f} s")
     bar.close()
     final = load(path)
     result = report(final, image=image)
@@ -989,7 +1101,7 @@ def recheck(
     return failed
 
 
-def _family_processes(
+def _worker_processes(
     design_name: str,
     design: Design,
     path: Path,
@@ -1001,58 +1113,60 @@ def _family_processes(
     completions_dir: str | Path | None,
     missing: list[Planned],
 ) -> None:
-    """Each family in its own Python process (``jobs`` at a time, ``threads`` torch threads each) running
-    :func:`run` for that family into the same results file (appends are locked), logging to
-    ``<work>/logs/<family>.log``; a progress bar over the missing runs they finish."""
+    """``jobs`` worker processes (``threads`` torch threads each), each running :func:`run` over every family into
+    the same results file: a worker trains the next run nobody holds (:func:`claim`), so the work balances however
+    the runs' lengths and the families' counts differ, and appends are locked. Each logs to
+    ``<work>/logs/worker<i>.log`` and trains in ``<work>/worker<i>``; a progress bar over the missing runs."""
     from tqdm.auto import tqdm
 
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    code = "import sys; from scale_plugins.tools.paper.study import family_process_main; family_process_main(sys.stdin.read())"
+    code = "import sys; from scale_plugins.tools.paper.study import worker_main; worker_main(sys.stdin.read())"
     bar = tqdm(total=len(missing), desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
     arms_t = tuple(arms) if arms else None
     known = set(plan(design, families, arms_t, load(path).get("runs", [])))
-    pending, running, failed = list(families), {}, []
+    running: dict[str, tuple[subprocess.Popen, Any]] = {}
+    failed = []
     try:
         with _sigterm_as_interrupt():
-            while pending or running:
-                while pending and len(running) < jobs:
-                    family = pending.pop(0)
-                    call = {"design_name": design_name, "design": dataclasses.asdict(design), "results": str(path),
-                            "families": [family], "arms": arms, "threads": threads, "work_dir": str(work / family),
-                            "completions_dir": str(completions_dir) if completions_dir else None}  # fmt: skip
-                    log = (logs / f"{family}.log").open("w")
-                    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=log,
-                                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
-                    assert proc.stdin is not None
-                    proc.stdin.write(json.dumps(call))
-                    proc.stdin.close()
-                    running[family] = (proc, log)
+            for i in range(jobs):
+                name = f"worker{i}"
+                call = {"design_name": design_name, "design": dataclasses.asdict(design), "results": str(path),
+                        "families": list(families), "arms": arms, "threads": threads, "work_dir": str(work / name),
+                        "completions_dir": str(completions_dir) if completions_dir else None}  # fmt: skip
+                log = (logs / f"{name}.log").open("w")
+                proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=log,
+                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(call))
+                proc.stdin.close()
+                running[name] = (proc, log)
+            while running:
                 time.sleep(2)
-                for family, (proc, log) in list(running.items()):
+                for name, (proc, log) in list(running.items()):
                     if proc.poll() is not None:
                         log.close()
-                        del running[family]
+                        del running[name]
                         if proc.returncode != 0:
-                            failed.append(family)
+                            failed.append(name)
                 runs = load(path).get("runs", [])
                 counted = missing + [p for p in plan(design, families, arms_t, runs) if p not in known]  # + added seeds
                 bar.total, bar.n = len(counted), sum(is_done(p, runs) for p in counted)
                 bar.refresh()
-    finally:  # interrupted (Ctrl-C, a SIGTERM to this process alone): no family process outlives the command
+    finally:  # interrupted (Ctrl-C, a SIGTERM to this process alone): no worker outlives the command
         _stop_processes([proc for proc, _ in running.values()])
         for _, log in running.values():
             log.close()
     bar.close()
     if failed:
         tails = "\n".join(f"--- {f} ({logs / f}.log):\n" + (logs / f"{f}.log").read_text()[-2000:] for f in failed)
-        raise SystemExit(f"the family process(es) {failed} failed\n{tails}")
+        raise SystemExit(f"the worker process(es) {failed} failed\n{tails}")
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """A SIGTERM raises KeyboardInterrupt here (in the main thread), so that ``finally`` blocks run: ``kill PID``
-    of the study command then stops its family processes too, as Ctrl-C (sent to the whole process group) does."""
+    of the study command then stops its worker processes too, as Ctrl-C (sent to the whole process group) does."""
     import signal
     import threading
 
@@ -1083,8 +1197,8 @@ def _stop_processes(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def family_process_main(call_json: str) -> None:
-    """The entry point of one family process of :func:`_family_processes` (its call as JSON)."""
+def worker_main(call_json: str) -> None:
+    """The entry point of one worker process of :func:`_worker_processes` (its call as JSON)."""
     call = json.loads(call_json)
     call["design"] = design_from_dict(call["design"])
     run(**call)
@@ -1101,8 +1215,8 @@ def default_results_path(design: Design, design_name: str = "powered") -> Path:
     return MODELS[design.model].results_path().with_name(f"{results_key(design_name, design.model)}.json")
 
 
-def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> dict[str, float]:
-    """Seconds of compute for the missing runs, per family, from one measured SFT step of the base model (with the
+def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> dict[Planned, float]:
+    """Seconds of compute for each missing run (in their order), from one measured SFT step of the base model (with the
     design's LoRA where the model trains one; warm-up excluded), a measured model load and the measured generation
     of one batch: no machine rates in code."""
     import torch
@@ -1152,7 +1266,7 @@ def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> di
     per_eval_batch = per_token * (design.eval_batch_size / len(rows)) ** 0.5 * design.max_new_tokens
     group = design.grpo_prompts_per_step * design.num_generations
     per_grpo_step = per_token * (group / len(rows)) ** 0.5 * design.max_new_tokens + per_step * group / len(rows)
-    total: dict[str, float] = {}
+    total: dict[Planned, float] = {}
     planned = {(p.family, p.budget, p.seed, p.arm) for p in missing}
     for p in missing:
         arm = ARMS[p.arm]
@@ -1164,15 +1278,15 @@ def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> di
         seconds = (p.budget * per_step if trains else 0.0) + evals * per_eval_batch + 3 * load_s
         if arm.grpo_after is not None:
             seconds += design.grpo_steps * per_grpo_step
-        total[p.family] = total.get(p.family, 0.0) + seconds
+        total[p] = seconds
     return total
 
 
-def wall_estimate(per_family: dict[str, float], jobs: int) -> float:
-    """Wall seconds of the families' compute (:func:`estimate_seconds`) run ``jobs`` processes at a time, each family
-    in its own process, started in the order given (:func:`_family_processes`): the last process to finish."""
-    ends = [0.0] * max(1, min(jobs, len(per_family)))
-    for seconds in per_family.values():
+def wall_estimate(per_run: list[float], jobs: int) -> float:
+    """Wall seconds of the runs' compute (:func:`estimate_seconds`, in the order they run) on ``jobs`` workers, each
+    taking the next run when it is free (:func:`_worker_processes`): when the last worker finishes."""
+    ends = [0.0] * max(1, min(jobs, len(per_run)))
+    for seconds in per_run:
         ends[ends.index(min(ends))] += seconds
     return max(ends)
 
