@@ -639,6 +639,20 @@ def test_a_run_is_claimed_by_one_process_and_a_dead_process_claim_lapses(tmp_pat
         other.wait()
     assert study.held_by_others(path) == set() and study.claim(path, planned)  # its process died: the claim lapsed
     study.release(path, planned)
+    if study._process_start(os.getpid()) is not None:  # a live pid that another process had before: lapsed too
+        other = _other_process()
+        try:
+            started = study._process_start(other.pid)
+            held = {study.planned_id(planned): {"pid": other.pid, "host": socket.gethostname(), "started": started}}
+            Path(f"{path}.claims").write_text(json.dumps(held))
+            assert study.held_by_others(path) == {study.planned_id(planned)}
+            held[study.planned_id(planned)]["started"] = started - 1
+            Path(f"{path}.claims").write_text(json.dumps(held))
+            assert study.held_by_others(path) == set() and study.claim(path, planned)
+            study.release(path, planned)
+        finally:
+            other.kill()
+            other.wait()
     # a run that is in the results file is never claimed again
     study.append_run(path, "powered", design, _run(family="arith_small", arm="scale_sft", seed=1))
     assert not study.claim(path, planned)

@@ -540,8 +540,18 @@ def _alive(holder: dict[str, Any]) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: alive
-        return True
-    return True
+        pass
+    # the pid may have been reused by a process started since: where the start time is known, it must match
+    return holder.get("started") is None or holder["started"] == _process_start(int(holder["pid"]))
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``; None where there is no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in parentheses may hold spaces
 
 
 def _mine(holder: dict[str, Any]) -> bool:
@@ -581,6 +591,7 @@ def claim(path: Path, planned: Planned) -> bool:
         if holder is not None and not _mine(holder):
             return False
         claims[planned_id(planned)] = {"pid": os.getpid(), "host": socket.gethostname(),
+                                       "started": _process_start(os.getpid()),
                                        "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}  # fmt: skip
         _write_claims(path, claims)
         return True
