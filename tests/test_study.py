@@ -575,6 +575,23 @@ def test_report_states_the_precision_and_the_added_seeds():
     assert "in progress" not in summary and "wider" not in summary
 
 
+def test_summary_reports_the_constant_rate_pair_either_way():
+    """The constant-LR arms answer whether SCALe's answer weight peaking while a cosine rate is near zero matters:
+    the regime's sentence states their paired difference beside the cosine one, whichever way it goes."""
+    design = _precise_design(const_seeds=3, const_budget=96, const_arms=study.CONST_ARMS)
+    data = {"design": {"name": "powered", **dataclasses.asdict(design)}}
+    runs = [r for s in range(3) for r in _seed_runs(s, 0.55, 0.5)]
+    const = [_run(arm="sft_const", seed=s, budget=96, correct=_correct(0.8)) for s in range(3)]
+    better = [_run(arm="scale_const", seed=s, budget=96, correct=_correct(a)) for s, a in enumerate((0.9, 0.9, 0.95))]
+    summary = study.report({**data, "runs": runs + const + better})["summary"]
+    assert "SCALe-SFT is 5.0 points better" in summary
+    assert "; with a constant learning rate for both arms 11.7 points better (" in summary
+    worse = [_run(arm="scale_const", seed=s, budget=96, correct=_correct(0.7)) for s in range(3)]
+    summary = study.report({**data, "runs": runs + const + worse})["summary"]
+    assert "; with a constant learning rate for both arms 10.0 points worse (" in summary
+    assert "constant" not in study.report({**data, "runs": runs})["summary"]  # no runs, no words
+
+
 def test_the_runner_runs_the_seeds_the_precision_rule_adds(tmp_path, monkeypatch):
     """The loop plans again after its last run: seeds are added while the intervals are wide, up to the cap."""
     design = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,

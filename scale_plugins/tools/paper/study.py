@@ -1671,8 +1671,10 @@ def _time_ratio_lines(cells: dict, family: str, budgets: list[int]) -> list[str]
 
 
 #: the further arms a regime's sentence names, after SCALe-SFT − vanilla SFT: (arm, baseline, words)
-_ALSO = (("scale_close", "sft", "with the closer as answer"), ("scale_token", "sft", "with token normalization"),
-         ("scale_sft_grpo", "sft_grpo", "after GRPO"), ("scale_sft", "sft_grpo", "against vanilla SFT + GRPO"))  # fmt: skip
+_ALSO = (("scale_close", "sft", "with the closer as answer"),
+         ("scale_const", "sft_const", "with a constant learning rate for both arms"),
+         ("scale_token", "sft", "with token normalization"), ("scale_sft_grpo", "sft_grpo", "after GRPO"),
+         ("scale_sft", "sft_grpo", "against vanilla SFT + GRPO"))  # fmt: skip
 
 
 def summarize(pairs: list[dict[str, Any]], design: dict[str, Any], seeds: dict[str, int] | None = None) -> str:
