@@ -575,6 +575,19 @@ def test_report_states_the_precision_and_the_added_seeds():
     assert "in progress" not in summary and "wider" not in summary
 
 
+def test_curve_points_clip_the_interval_to_0_100_and_draw_none_for_one_seed():
+    """The plot's error bars drew a 2-seed interval down to -45% and a 1-seed "interval" of ±100 points."""
+    design = _precise_design(budgets=(48, 96))
+    runs = [_run(seed=s, budget=96, correct=_correct(a)) for s, a in enumerate((0.9, 1.0, 0.95))]
+    runs += [_run(seed=0, budget=48, correct=_correct(0.3))]
+    cells = study._cells(runs, dataclasses.asdict(design))
+    one, three = study.plot_points(cells, "mc", "sft", [48, 96])
+    assert (one["budget"], one["mean"], one["below"], one["above"]) == (48, 30.0, 0.0, 0.0)
+    assert three["mean"] == pytest.approx(95.0) and three["above"] == pytest.approx(5.0)  # clipped at 100%
+    assert three["below"] == pytest.approx(100 * stats.t_quantile_975(2) * 0.05 / math.sqrt(3))  # the t interval
+    assert study.plot_points(cells, "mc", "scale_sft", [48, 96]) == []
+
+
 def test_summary_reports_the_constant_rate_pair_either_way():
     """The constant-LR arms answer whether SCALe's answer weight peaking while a cosine rate is near zero matters:
     the regime's sentence states their paired difference beside the cosine one, whichever way it goes."""

@@ -1713,6 +1713,23 @@ def summarize(pairs: list[dict[str, Any]], design: dict[str, Any], seeds: dict[s
     return ". ".join(parts) + "." if parts else "No paired comparison has finished yet."
 
 
+def plot_points(cells: dict, family: str, arm: str, budgets: list[int]) -> list[dict[str, float]]:
+    """One arm's points of the curve: per budget with runs, the mean accuracy over seeds (%), the mean wall time, and
+    how far its 95% t interval reaches below and above the mean, clipped to 0-100% as in the tables (0 for one seed:
+    it has no interval)."""
+    out = []
+    for budget in budgets:
+        seeds = cells.get((family, budget, arm), {})
+        if not seeds:
+            continue
+        ci = stats.t_interval([r["accuracy"] for r in seeds.values()])
+        mean = 100 * ci["mean"]
+        low, high = (mean, mean) if ci["n"] < 2 else (max(0.0, 100 * ci["low"]), min(100.0, 100 * ci["high"]))
+        out.append({"budget": budget, "wall_s": statistics.fmean(_wall(r) for r in seeds.values()), "mean": mean,
+                    "below": mean - low, "above": high - mean})  # fmt: skip
+    return out
+
+
 def plot(data: dict[str, Any], path: Path) -> bool:
     """Accuracy against SFT budget and against training wall time (SFT, + GRPO for a GRPO arm), per family (mean
     over seeds, 95% t interval)."""
@@ -1728,18 +1745,17 @@ def plot(data: dict[str, Any], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(2, len(families), figsize=(6.2 * len(families), 8.4), squeeze=False)
     for col, family in enumerate(families):
+        drawn = 0
         for arm in ARMS:
-            pts = []
-            for budget in design["budgets"]:
-                seeds = cells.get((family, budget, arm), {})
-                if seeds:
-                    ci = stats.t_interval([r["accuracy"] for r in seeds.values()])
-                    t = statistics.fmean(_wall(r) for r in seeds.values())
-                    pts.append((budget, t, 100 * ci["mean"], 100 * min(ci["half_width"], 1.0)))
+            pts = plot_points(cells, family, arm, design["budgets"])
             if not pts:
                 continue
-            for row, x in ((0, [p[0] for p in pts]), (1, [p[1] for p in pts])):
-                axes[row][col].errorbar(x, [p[2] for p in pts], yerr=[p[3] for p in pts], marker="o", capsize=3,
+            # arms that share a budget sit side by side on the steps axis (0.6 steps apart), not on top of each other
+            shift = 0.6 * drawn
+            drawn += 1
+            yerr = [[p["below"] for p in pts], [p["above"] for p in pts]]
+            for row, x in ((0, [p["budget"] + shift for p in pts]), (1, [p["wall_s"] for p in pts])):
+                axes[row][col].errorbar(x, [p["mean"] for p in pts], yerr=yerr, marker="o", capsize=3,
                                         color=COLOURS[arm], label=ARMS[arm].label)  # fmt: skip
         axes[0][col].set_xlabel("SFT optimizer steps")
         grpo = any(k[0] == family and ARMS[k[2]].grpo_after for k in cells)
@@ -1747,10 +1763,18 @@ def plot(data: dict[str, Any], path: Path) -> bool:
         for row in (0, 1):
             ax = axes[row][col]
             ax.set_ylabel("held-out accuracy (%)")
+            ax.set_ylim(-2, 102)
             ax.set_title(f"{family} ({REGIMES.get(family, family)})")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.text(
+        0.5,
+        0.005,
+        "mean over seeds; bars: 95% t interval over seeds, clipped to 0-100% (none for one seed)",
+        ha="center",
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
