@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -531,8 +532,6 @@ def _claims_path(path: Path) -> Path:
 def _alive(holder: dict[str, Any]) -> bool:
     """Whether the process that holds a claim still runs. A claim from another machine cannot be checked and counts
     as held (delete ``<results>.claims`` to clear one left by a machine that went away)."""
-    import socket
-
     if holder.get("host") != socket.gethostname():
         return True
     try:
@@ -555,8 +554,6 @@ def _process_start(pid: int) -> int | None:
 
 
 def _mine(holder: dict[str, Any]) -> bool:
-    import socket
-
     return holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
 
 
@@ -581,8 +578,6 @@ def claim(path: Path, planned: Planned) -> bool:
     """Take ``planned`` for this process: False when the results file already holds it or another live process has
     taken it. A worker runs only what it claimed, so workers (``--jobs``) and further commands on the same results
     file never train the same run twice; the claim of a process that died lapses."""
-    import socket
-
     with _locked(path):
         if is_done(planned, load(path).get("runs", [])):
             return False
@@ -969,7 +964,7 @@ def run(
     counted = set(missing)
     ran = 0
     sft_for: dict[tuple[str, int, int, str], tuple[Any, float, list[dict]]] = {}
-    tried: set[Planned] = set()  # the runs this process trained (or saw fail to count as done)
+    tried: set[Planned] = set()  # the runs this process trained: never trained again, even if not counted as done
 
     def settings_of(planned: Planned, runs: list[dict[str, Any]]) -> tuple[float | None, bool, int | None]:
         lr = planned.lr if planned.lr is not None else chosen_lr(runs, planned.family, planned.budget, design.lr_grid)
