@@ -481,7 +481,7 @@ def test_stopping_the_study_command_stops_its_worker_processes(tmp_path, monkeyp
 def _precise_design(**changes):
     # one family, one budget, one rate (no tuning: vanilla's seed 0 is an ordinary run), 3 seeds, up to 5
     settings = dict(families=("mc",), budgets=(96,), claim_budget=96, claim_seeds=3, curve_seeds=3, const_seeds=0,
-                    const_arms=(), lr_grid=(1e-3,), max_claim_seeds=5)  # fmt: skip
+                    const_arms=(), lr_grid=(1e-3,), max_claim_seeds=5, precision_arms=())  # fmt: skip
     return dataclasses.replace(study.DESIGNS["powered"], **{**settings, **changes})
 
 
@@ -531,6 +531,39 @@ def test_precision_rule_adds_seeds_while_an_interval_is_too_wide():
     assert study.claim_seed_count(dataclasses.replace(design, seeds=(0, 1, 2)), wide, "mc") == 3
     assert study.DESIGNS["powered"].max_claim_seeds >= 16 and study.DESIGNS["powered"].target_half_width == 0.10
     assert study.DESIGNS["gemma3"].max_claim_seeds == 0 and study.DESIGNS["headline"].max_claim_seeds == 0
+
+
+def test_precision_arms_narrow_the_rule_to_the_pairs_the_claim_rests_on():
+    design = _precise_design(precision_arms=("sft", "scale_sft"))
+    assert study.precision_pairs(design) == [("scale_sft", "sft")]
+    assert study.precision_pairs(_precise_design()) == study.claim_pairs(_precise_design())
+    # SCALe − vanilla narrow, the closer arm wide: the full rule adds a seed, the narrowed one does not
+    wide_close = [r for s, (d, c) in enumerate(((0.05, 0.3), (0.05, -0.2), (0.06, 0.1)))
+                  for r in _seed_runs(s, 0.5 + d, 0.5 + c)]  # fmt: skip
+    assert study.claim_seed_count(_precise_design(), wide_close, "mc") == 4
+    assert study.claim_seed_count(design, wide_close, "mc") == 3
+    # SCALe − vanilla wide: one more seed of the watched arms only
+    wide = [r for s, d in enumerate((0.3, -0.2, 0.1)) for r in _seed_runs(s, 0.5 + d, 0.5)]
+    assert study.claim_seed_count(design, wide, "mc") == 4
+    added = [p for p in study.plan(design, runs=wide) if p.seed == 3]
+    assert sorted(p.arm for p in added) == ["scale_sft", "sft"]
+    # the closer arm's missing seed 3 does not hold the rule back: seeds 3 of the watched arms add seed 4
+    more = wide + [r for r in _seed_runs(3, 0.9, 0.5) if r["arm"] != "scale_close"]
+    assert study.claim_seed_count(design, more, "mc") == 5
+    # the report names the watched pair and marks the others as outside the rule
+    data = {"design": {"name": "powered", **dataclasses.asdict(design)}, "runs": more}
+    text = study.report(data)["markdown"]
+    assert ("Precision at 96 steps (the claim needs the 95% interval of SCALe-SFT (defaults) − vanilla SFT within "
+            "±10 points)") in text  # fmt: skip
+    assert "the precision rule adds no seeds to this pair)" in text
+    assert (
+        "The precision rule runs 5 seeds here so far (from 3, at most 5; arms vanilla SFT, SCALe-SFT (defaults))."
+        in text
+    )
+    # a results file written before the field existed reads with every arm watched
+    old = {k: v for k, v in dataclasses.asdict(design).items() if k != "precision_arms"}
+    assert study.design_from_dict(old).precision_arms == ()
+    assert study.DESIGNS["powered"].precision_arms == ("sft", "scale_sft")
 
 
 def test_report_states_the_precision_and_the_added_seeds():
