@@ -248,6 +248,67 @@ def test_wall_estimate_gives_each_run_to_the_first_free_worker():
     assert study.wall_estimate([], 2) == 0.0
 
 
+class _FakeWorker:
+    """A worker process that exits at once, keeping the call its command sent it on stdin."""
+
+    calls: list[dict] = []
+    returncode = 0
+
+    def __init__(self, args, stdin=None, stdout=None, stderr=None, text=None):
+        worker = self
+
+        class Pipe:
+            def write(self, data):
+                worker.sent = data
+
+            def close(self):
+                _FakeWorker.calls.append(json.loads(worker.sent))
+
+        self.stdin = Pipe()
+
+    def poll(self):
+        return 0
+
+
+def test_worker_processes_leave_the_time_estimate_to_their_command(tmp_path, monkeypatch):
+    """Each worker used to measure the estimate again at its start: a minute of CPU per worker and a loaded model that
+    its memory kept while it waited for runs (three idle copies, with the command's own, got a training worker
+    killed for memory at its evaluation peak on a 24 GB machine)."""
+    _FakeWorker.calls = []
+    monkeypatch.setattr(study.subprocess, "Popen", _FakeWorker)
+    monkeypatch.setattr(study.time, "sleep", lambda seconds: None)
+    design = study.DESIGNS["smoke"]
+    missing = study.plan(design, runs=[])
+    study._worker_processes("smoke", design, tmp_path / "r.json", design.families, None, 1, 2, tmp_path, None, missing)
+    assert len(_FakeWorker.calls) == 2 and all(call["estimate"] is False for call in _FakeWorker.calls)
+
+    # the worker's own run() with that call measures nothing and trains what is missing
+    small = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,
+                                n_eval=4, arms=("sft", "scale_sft"), max_claim_seeds=0)  # fmt: skip
+
+    def no_estimate(*args, **kwargs):
+        raise AssertionError("a worker measured the estimate")
+
+    monkeypatch.setattr(study, "estimate_seconds", no_estimate)
+    monkeypatch.setattr(study, "run_one", lambda design, planned, lr, *a, **k: (
+        _run(family=planned.family, arm=planned.arm, seed=planned.seed, budget=planned.budget, lr=lr,
+             correct="1100"), None))  # fmt: skip
+    results = tmp_path / "tiny.json"
+    study.run("powered", results=results, design=small, threads=1, estimate=False)
+    assert len(study.load(results)["runs"]) == 6
+
+
+def test_the_estimate_measured_apart_matches_its_plan(tmp_path):
+    """--jobs N measures the estimate in a process of its own (the command then holds no model while its workers
+    train); it gives a time for every missing run, as the in-process estimate does."""
+    design = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,
+                                 n_eval=4, arms=("sft", "scale_sft"), max_claim_seeds=0)  # fmt: skip
+    missing = study.plan(design, runs=[])
+    splits = study.splits_of(design, design.families)
+    apart = study._estimate_apart(design, missing, splits, 1)
+    assert list(apart) == missing and all(seconds > 0 for seconds in apart.values())
+
+
 def test_results_file_append_replace_and_design_check(tmp_path, monkeypatch):
     from scale_plugins.tools.paper import common
 

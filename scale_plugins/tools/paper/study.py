@@ -930,13 +930,16 @@ def run(
     work_dir: str | Path | None = None,
     completions_dir: str | Path | None = None,
     image: str | None = None,
+    estimate: bool = True,
 ) -> dict[str, Any]:
     """Run what is missing from ``results`` (resumable at run granularity), then write the report.
 
     ``design``: the design to run (default ``DESIGNS[design_name]``; ``design_name`` is what the results file calls
     it); ``jobs`` > 1: that many worker processes side by side (:func:`_worker_processes`), appending to the same
-    file; ``work_dir``: the trainers' output folder; ``completions_dir``: every held-out completion, one JSONL per
-    run; ``image``: the plot's path in the report (:func:`report`)."""
+    file, after the time estimate is measured in a process of its own (:func:`_estimate_apart`: the command then
+    holds no model while its workers train); ``work_dir``: the trainers' output folder; ``completions_dir``: every
+    held-out completion, one JSONL per run; ``image``: the plot's path in the report (:func:`report`);
+    ``estimate``: measure and print the time estimate first (a worker process does not: its command did)."""
     from tqdm.auto import tqdm
 
     from .common import quiet_libraries
@@ -963,16 +966,22 @@ def run(
         f"{path}",
         flush=True,
     )
-    if missing:
+    if missing and estimate:
         if spec.prepare is not None:
             spec.prepare()
-        per_run = estimate_seconds(design, missing, splits)
         workers = max(1, min(jobs, len(missing)))
+        per_run = (
+            _estimate_apart(design, missing, splits, threads)
+            if workers > 1
+            else estimate_seconds(design, missing, splits)
+        )
         text = f"estimated time for the {len(missing)} missing runs: {sum(per_run.values()) / 3600:.1f} h"
         if workers > 1:
             text += (f" of compute, {wall_estimate(list(per_run.values()), workers) / 3600:.1f} h of wall time with "
                      f"{workers} worker processes side by side")  # fmt: skip
         print(text + " (from a measured step)", flush=True)
+    if missing and jobs > 1:
+        workers = max(1, min(jobs, len(missing)))
         if workers > 1:
             _worker_processes(design_name, design, path, fams, arms, threads, workers, work, completions_dir, missing)
             missing = []
@@ -1155,7 +1164,8 @@ def _worker_processes(
                 name = f"worker{i}"
                 call = {"design_name": design_name, "design": dataclasses.asdict(design), "results": str(path),
                         "families": list(families), "arms": arms, "threads": threads, "work_dir": str(work / name),
-                        "completions_dir": str(completions_dir) if completions_dir else None}  # fmt: skip
+                        "completions_dir": str(completions_dir) if completions_dir else None,
+                        "estimate": False}  # fmt: skip
                 log = (logs / f"{name}.log").open("w")
                 proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=log,
                                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -1235,6 +1245,22 @@ def results_key(design_name: str, model: str) -> str:
 def default_results_path(design: Design, design_name: str = "powered") -> Path:
     """``docs/results/<key>.json`` (relative to a clone's root; :func:`results_key`)."""
     return MODELS[design.model].results_path().with_name(f"{results_key(design_name, design.model)}.json")
+
+
+def _estimate_apart(design: Design, missing: list[Planned], splits: dict, threads: int) -> dict[Planned, float]:
+    """:func:`estimate_seconds` in a short-lived process of its own. The model and the optimizer state it measures
+    with would otherwise stay in the command's memory while its workers train (the allocator keeps freed pages):
+    3 GB of a 24 GB machine with SmolLM2, enough for the out-of-memory killer to take a worker at its evaluation
+    peak."""
+    import concurrent.futures
+    import multiprocessing
+
+    from .common import quiet_libraries
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=quiet_libraries,
+                                                initargs=(threads,)) as pool:  # fmt: skip
+        return pool.submit(estimate_seconds, design, missing, splits).result()
 
 
 def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> dict[Planned, float]:
