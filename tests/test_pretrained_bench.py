@@ -7,6 +7,7 @@ installs (extra ``real-model``). These tests check that things run and write san
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -347,3 +348,58 @@ def test_gemma3_through_the_study_runner(gemma3_dir, tmp_path, monkeypatch):
     scale = next(r for r in runs if r["arm"] == "scale_sft")
     assert {"scale/think_tokens", "scale/answer_tokens"} <= set(scale["log_history"][0])
     assert scale["log_history"][0]["scale/think_tokens"] > 0 and scale["log_history"][0]["scale/answer_tokens"] > 0
+
+
+def _segment_ce_from_logits(model, tokenizer, samples):
+    """The plain reference: the full logits, one cross-entropy per token, pooled per segment."""
+    import torch
+
+    from scale_plugins.core import ScaleOptions, SegmentTagger
+    from scale_plugins.tools.inspect import encode_sample
+    from scale_plugins.tools.paper.common import through_eos
+
+    tagger = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions())
+    sums, counts = {1: 0.0, 2: 0.0}, {1: 0, 2: 0}
+    with torch.no_grad():
+        for sample in samples:  # one at a time: no padding in the reference
+            ids, labels = through_eos(*encode_sample(tokenizer, sample), tokenizer.eos_token_id)
+            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+            segments = tagger.tag(torch.tensor([labels]), shift=True).segment_ids[0]
+            for t in range(len(ids) - 1):
+                if labels[t + 1] != -100 and int(segments[t]) in sums:
+                    ce = -torch.log_softmax(logits[t], dim=-1)[labels[t + 1]]
+                    sums[int(segments[t])] += float(ce)
+                    counts[int(segments[t])] += 1
+    return {"think_ce": sums[1] / counts[1], "answer_ce": sums[2] / counts[2]}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_held_out_segment_ce_matches_the_logits_and_builds_none(lora):
+    """The held-out think / answer CE of every study run comes from inside the LM head: it equals the plain
+    per-token reference (padded batches included), and the model's head never returns [B, T, V] logits (with
+    SmolLM2 they were two 2.5 GB tensors per evaluation batch, with Gemma 3's vocabulary two of 13 GB)."""
+    import peft
+
+    from scale_plugins.tools.paper import common
+    from scale_plugins.tools.paper.train import training_rows
+
+    spec = study.MODELS["tiny"]
+    model, tokenizer = spec.load(3), spec.tokenizer()
+    if lora:  # the study's models are LoRA-wrapped
+        config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+        model = peft.get_peft_model(model, config)
+    design = dataclasses.replace(study.DESIGNS["powered"], model="tiny", families=("arith_small",), n_train=8,
+                                 n_dev=0, n_eval=6, lr_grid=(1e-3,))  # fmt: skip
+    held_out = study.splits_of(design, design.families)["arith_small"][-1]
+    samples = training_rows(spec, held_out)
+    shapes = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    try:
+        got = common.segment_ce(model, tokenizer, samples, batch_size=4)
+    finally:
+        hook.remove()
+    want = _segment_ce_from_logits(model, tokenizer, samples)
+    assert got["think_ce"] == pytest.approx(want["think_ce"], rel=1e-5)
+    assert got["answer_ce"] == pytest.approx(want["answer_ce"], rel=1e-5)
+    assert shapes == [(1, 1, 1), (1, 1, 1)]  # two batches (6 samples by 4), each a scalar carried as the logits

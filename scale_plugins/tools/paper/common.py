@@ -21,15 +21,26 @@ def segment_ce(model: Any, tokenizer: Any, samples: list[dict[str, Any]], batch_
 
     The segments are the ones SCALe trains on (the core's tagger, default tags): think = ``<think>`` through
     ``</think>``; answer = the rest of the assistant turn (``<answer>`` tags, the number, end of turn).
+
+    The per-token CE comes from inside the LM head (:func:`scale_plugins.hf.head.per_token_loss`, the fused head
+    SCALe trains with): no ``[B, T, V]`` logits. From the logits, a batch of 50 held-out samples of about 250 tokens
+    needed two 2.5 GB tensors with SmolLM2's 49,152-token vocabulary (a study worker's peak near 9 GB) and would
+    need two 13 GB ones with Gemma 3's 262,144. A model the fused head cannot serve (a LoRA on ``lm_head``, a
+    quantized head) falls back to the logits, with the reason logged.
     """
     import torch
 
-    from ...core import ScaleOptions, SegmentTagger
+    from ...core import ScaleOptions, SegmentTagger, TokenWeights
+    from ...hf.head import per_token_loss
     from ..inspect import encode_sample
 
     tagger = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions())
     totals = torch.zeros(3, dtype=torch.float64)
     counts = torch.zeros(3, dtype=torch.float64)
+
+    def fallback(name: str, reason: str) -> None:
+        logger.warning("held-out segment CE: %s", reason)
+
     model.eval()
     with torch.no_grad():
         for i in range(0, len(samples), batch_size):
@@ -41,11 +52,9 @@ def segment_ce(model: Any, tokenizer: Any, samples: list[dict[str, Any]], batch_
             labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in encoded])
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded])
             segments = tagger.tag(labels, shift=True).segment_ids
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float().cpu()
-            targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
-            ce = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
-            ).double()
+            unit = (segments > 0).float()
+            inputs = {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device), "labels": labels}
+            ce = per_token_loss(model, inputs, TokenWeights(unit, unit), on_fallback=fallback).ce.double().cpu()
             for seg in (1, 2):
                 chosen = segments == seg
                 totals[seg] += ce[chosen].sum()
