@@ -283,8 +283,7 @@ def test_worker_processes_leave_the_time_estimate_to_their_command(tmp_path, mon
     assert len(_FakeWorker.calls) == 2 and all(call["estimate"] is False for call in _FakeWorker.calls)
 
     # the worker's own run() with that call measures nothing and trains what is missing
-    small = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,
-                                n_eval=4, arms=("sft", "scale_sft"), max_claim_seeds=0)  # fmt: skip
+    small = _tiny_design(max_claim_seeds=0)
 
     def no_estimate(*args, **kwargs):
         raise AssertionError("a worker measured the estimate")
@@ -301,8 +300,7 @@ def test_worker_processes_leave_the_time_estimate_to_their_command(tmp_path, mon
 def test_the_estimate_measured_apart_matches_its_plan(tmp_path):
     """--jobs N measures the estimate in a process of its own (the command then holds no model while its workers
     train); it gives a time for every missing run, as the in-process estimate does."""
-    design = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,
-                                 n_eval=4, arms=("sft", "scale_sft"), max_claim_seeds=0)  # fmt: skip
+    design = _tiny_design(max_claim_seeds=0)
     missing = study.plan(design, runs=[])
     splits = study.splits_of(design, design.families)
     apart = study._estimate_apart(design, missing, splits, 1)
@@ -546,6 +544,12 @@ def _precise_design(**changes):
     return dataclasses.replace(study.DESIGNS["powered"], **{**settings, **changes})
 
 
+def _tiny_design(**changes):
+    # the precise design on the from-scratch model and its small family: 8 training rows, 4 held-out, two arms
+    settings = dict(model="tiny", families=("arith_small",), n_train=8, n_dev=0, n_eval=4, arms=("sft", "scale_sft"))
+    return _precise_design(**{**settings, **changes})
+
+
 def _correct(accuracy: float, n: int = 100) -> str:
     k = round(accuracy * n)
     return "1" * k + "0" * (n - k)
@@ -701,8 +705,7 @@ def test_summary_reports_the_constant_rate_pair_either_way():
 
 def test_the_runner_runs_the_seeds_the_precision_rule_adds(tmp_path, monkeypatch):
     """The loop plans again after its last run: seeds are added while the intervals are wide, up to the cap."""
-    design = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,
-                                 n_eval=4, arms=("sft", "scale_sft"))  # fmt: skip
+    design = _tiny_design()
     monkeypatch.setattr(study, "estimate_seconds", lambda *a, **k: {})
 
     def fake_run_one(design, planned, lr, data, work_dir, sft=None, completions_dir=None, grpo_setting=None):
@@ -789,8 +792,7 @@ def test_workers_share_the_runs_and_wait_for_the_runs_others_hold(tmp_path, monk
     stopping) while the other still trains: the precision rule can only decide once that run is in."""
     import socket
 
-    design = dataclasses.replace(_precise_design(model="tiny", families=("arith_small",)), n_train=8, n_dev=0,
-                                 n_eval=4, arms=("sft", "scale_sft"))  # fmt: skip
+    design = _tiny_design()
     monkeypatch.setattr(study, "estimate_seconds", lambda *a, **k: {})
 
     def record(planned, lr):  # SCALe − vanilla alternates +50 / -50 points: seeds are added up to the cap of 5

@@ -430,8 +430,8 @@ def plan(
                 out += arm_runs(seed, budget, design.arms)
         for seed in range(design.curve_seeds, design.claim_seeds):
             out += arm_runs(seed, design.claim_budget, design.arms)
+        extra = tuple(a for a in design.arms if not design.precision_arms or a in design.precision_arms)
         for family in families if runs is not None else ():
-            extra = tuple(a for a in design.arms if not design.precision_arms or a in design.precision_arms)
             for seed in range(max(design.curve_seeds, design.claim_seeds), claim_seed_count(design, runs, family)):
                 out += [p for p in arm_runs(seed, design.claim_budget, extra) if p.family == family]
     for seed in range(design.const_seeds):
@@ -966,10 +966,10 @@ def run(
         f"{path}",
         flush=True,
     )
+    workers = max(1, min(jobs, len(missing)))
     if missing and estimate:
         if spec.prepare is not None:
             spec.prepare()
-        workers = max(1, min(jobs, len(missing)))
         per_run = (
             _estimate_apart(design, missing, splits, threads)
             if workers > 1
@@ -980,11 +980,9 @@ def run(
             text += (f" of compute, {wall_estimate(list(per_run.values()), workers) / 3600:.1f} h of wall time with "
                      f"{workers} worker processes side by side")  # fmt: skip
         print(text + " (from a measured step)", flush=True)
-    if missing and jobs > 1:
-        workers = max(1, min(jobs, len(missing)))
-        if workers > 1:
-            _worker_processes(design_name, design, path, fams, arms, threads, workers, work, completions_dir, missing)
-            missing = []
+    if workers > 1:
+        _worker_processes(design_name, design, path, fams, arms, threads, workers, work, completions_dir, missing)
+        missing = []
     bar = tqdm(total=len(missing), desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
     counted = set(missing)
     ran = 0
@@ -1248,8 +1246,8 @@ def default_results_path(design: Design, design_name: str = "powered") -> Path:
 
 
 def _estimate_apart(design: Design, missing: list[Planned], splits: dict, threads: int) -> dict[Planned, float]:
-    """:func:`estimate_seconds` in a short-lived process of its own. The model and the optimizer state it measures
-    with would otherwise stay in the command's memory while its workers train (the allocator keeps freed pages):
+    """:func:`estimate_seconds` in a short-lived process of its own. The model and the gradients it measures with
+    would otherwise stay in the command's memory while its workers train (the allocator keeps freed pages):
     3 GB of a 24 GB machine with SmolLM2, enough for the out-of-memory killer to take a worker at its evaluation
     peak."""
     import concurrent.futures
