@@ -540,7 +540,7 @@ def test_stopping_the_study_command_stops_its_worker_processes(tmp_path, monkeyp
 def _precise_design(**changes):
     # one family, one budget, one rate (no tuning: vanilla's seed 0 is an ordinary run), 3 seeds, up to 5
     settings = dict(families=("mc",), budgets=(96,), claim_budget=96, claim_seeds=3, curve_seeds=3, const_seeds=0,
-                    const_arms=(), lr_grid=(1e-3,), max_claim_seeds=5, precision_arms=())  # fmt: skip
+                    const_arms=(), lr_grid=(1e-3,), max_claim_seeds=5, precision_arms=(), precision_budgets=())  # fmt: skip
     return dataclasses.replace(study.DESIGNS["powered"], **{**settings, **changes})
 
 
@@ -629,6 +629,47 @@ def test_precision_arms_narrow_the_rule_to_the_pairs_the_claim_rests_on():
     old = {k: v for k, v in dataclasses.asdict(design).items() if k != "precision_arms"}
     assert study.design_from_dict(old).precision_arms == ()
     assert study.DESIGNS["powered"].precision_arms == ("sft", "scale_sft")
+
+
+def test_precision_budgets_widen_the_rule_to_the_curve_budgets():
+    # 3 seeds at 96 (the claim budget), 2 at 24; the rule watches SCALe − vanilla at both, up to 4 seeds
+    design = _precise_design(budgets=(24, 96), curve_seeds=2, max_claim_seeds=4, precision_arms=("sft", "scale_sft"),
+                             precision_budgets=(96, 24))  # fmt: skip
+    assert study.watched_budgets(design) == (96, 24)
+    assert study.watched_budgets(_precise_design(budgets=(24, 96))) == (96,)  # empty: the claim budget only
+    assert study.watched_budgets(_precise_design(precision_budgets=(24, 96))) == (96,)  # a budget not trained: none
+
+    def at(budget, seed, scale, sft=0.5):
+        return [_run(arm=a, seed=seed, budget=budget, correct=_correct(acc)) for a, acc in (("sft", sft),
+                                                                                          ("scale_sft", scale))]  # fmt: skip
+
+    narrow96 = [r for s, d in enumerate((0.05, 0.05, 0.06)) for r in at(96, s, 0.5 + d)]
+    wide24 = [r for s, d in enumerate((0.3, -0.2)) for r in at(24, s, 0.5 + d)]
+    runs = narrow96 + wide24
+    assert study.claim_seed_count(design, runs, "mc") == 3  # the claim budget: met
+    assert study.claim_seed_count(design, runs, "mc", 24) == 3  # 24 steps: one more seed
+    added = [p for p in study.plan(design, runs=runs) if p.budget == 24 and p.seed == 2]
+    assert sorted(p.arm for p in added) == ["scale_sft", "sft"]
+    assert not [p for p in study.plan(design, runs=runs) if p.seed >= 3]
+    # the same runs with the rule at the claim budget only: no seed at 24 steps beyond the curve's two
+    claim_only = dataclasses.replace(design, precision_budgets=())
+    assert study.claim_seed_count(claim_only, runs, "mc", 24) == 2
+    assert not [p for p in study.plan(claim_only, runs=runs) if p.budget == 24 and p.seed == 2]
+    # capped at max_claim_seeds, seed by seed
+    more = runs + at(24, 2, 0.9) + at(24, 3, 0.1)
+    assert study.claim_seed_count(design, runs + at(24, 2, 0.9), "mc", 24) == 4
+    assert study.claim_seed_count(design, more, "mc", 24) == 4
+    # the report gives one precision paragraph per watched budget, with that budget's own seeds
+    data = {"design": {"name": "powered", **dataclasses.asdict(design)}, "runs": runs}
+    text = study.report(data)["markdown"]
+    assert text.index("Precision at 24 steps") < text.index("Precision at 96 steps")
+    assert "The precision rule runs 3 seeds here so far (from 2, at most 4; arms vanilla SFT" in text
+    assert "The precision rule runs 3 seeds here so far (from 3, at most 4; arms vanilla SFT" in text
+    assert (
+        "Precision at 24 steps"
+        not in study.report({**data, "design": {**data["design"], "precision_budgets": []}})["markdown"]
+    )
+    assert study.DESIGNS["powered"].precision_budgets == (96, 24, 48)
 
 
 def test_report_states_the_precision_and_the_added_seeds():

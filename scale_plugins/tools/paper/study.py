@@ -23,7 +23,7 @@ The rules (written down before any SCALe run of the powered study, ``DESIGNS["po
    **Precision** (:func:`claim_seed_count`, designs with ``max_claim_seeds``): once those seeds have all run, while
    the 95% interval of some paired difference at the claim budget is wider than ``target_half_width`` (10 points),
    one more seed of every arm, up to ``max_claim_seeds``; ``precision_arms`` narrows both to the pairs the claim
-   rests on. The rule looks at the spread of the differences only, never at their sign or size, so the intervals
+   rests on, ``precision_budgets`` widens the rule to other budgets (each from its own seeds). The rule looks at the spread of the differences only, never at their sign or size, so the intervals
    keep their meaning.
 4. **Statistics** (:mod:`.stats`): inside each seed, an exact McNemar test on the held-out questions; across seeds,
    the mean paired difference with its 95% t interval and an exact sign-flip p-value.
@@ -150,6 +150,9 @@ class Design:
     #: the arms the precision rule watches and adds seeds to (their paired differences at the claim budget); empty:
     #: every trained arm. Arms outside keep ``claim_seeds`` seeds and the report still gives their intervals
     precision_arms: tuple[str, ...] = ()
+    #: the budgets the precision rule watches, each from its own seeds (``claim_seeds`` at the claim budget,
+    #: ``curve_seeds`` at the others) up to ``max_claim_seeds``; empty: the claim budget only
+    precision_budgets: tuple[int, ...] = ()
     #: SCALe options of every SCALe arm (``bench-paper --scale-set``), under the arm's own
     scale_options: tuple[tuple[str, Any], ...] = ()
     #: your data (family ``user``): JSONL files and the gold answer column
@@ -221,6 +224,9 @@ _POWERED = Design(
     # from the eighth session: by their spread over 8 seeds the closer-as-answer pairs need 23-32 seeds, beyond the
     # cap, so the added seeds go to the pair the claim rests on (docs/results.md, "Precision")
     precision_arms=("sft", "scale_sft"),
+    # from the ninth session: every budget the report gives an interval for, not the claim budget alone (the 3-seed
+    # intervals at 24 steps were wider than +-10 points; docs/results.md, "Precision")
+    precision_budgets=(96, 24, 48),
 )
 
 DESIGNS: dict[str, Design] = {
@@ -431,9 +437,11 @@ def plan(
         for seed in range(design.curve_seeds, design.claim_seeds):
             out += arm_runs(seed, design.claim_budget, design.arms)
         extra = tuple(a for a in design.arms if not design.precision_arms or a in design.precision_arms)
-        for family in families if runs is not None else ():
-            for seed in range(max(design.curve_seeds, design.claim_seeds), claim_seed_count(design, runs, family)):
-                out += [p for p in arm_runs(seed, design.claim_budget, extra) if p.family == family]
+        for budget in watched_budgets(design) if runs is not None else ():
+            first = max(design.curve_seeds, design.claim_seeds) if budget == design.claim_budget else design.curve_seeds
+            for family in families:
+                for seed in range(first, claim_seed_count(design, runs, family, budget)):
+                    out += [p for p in arm_runs(seed, budget, extra) if p.family == family]
     for seed in range(design.const_seeds):
         out += arm_runs(seed, design.const_budget, design.const_arms)
     return list(dict.fromkeys(out))
@@ -453,23 +461,30 @@ def precision_pairs(design: Design | dict[str, Any]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in claim_pairs(design) if not watched or (a in watched and b in watched)]
 
 
+def watched_budgets(design: Design) -> tuple[int, ...]:
+    """The budgets the precision rule watches, in the order their added seeds run: ``precision_budgets`` (the claim
+    budget when it is empty), only those the design trains."""
+    return tuple(b for b in design.precision_budgets or (design.claim_budget,) if b in design.budgets)
+
+
 def _half_width(cells: dict, family: str, budget: int, arm: str, base: str, seeds: range) -> float:
     diffs = [cells[family, budget, arm][s]["accuracy"] - cells[family, budget, base][s]["accuracy"] for s in seeds]
     return stats.t_interval(diffs)["half_width"]
 
 
-def claim_seed_count(design: Design, runs: list[dict[str, Any]], family: str) -> int:
-    """How many seeds ``family`` has at the claim budget under the precision rule, given the finished ``runs``:
-    ``claim_seeds``, plus one for each time that all seeds so far had run and some paired difference there that the
-    rule watches (:func:`precision_pairs`, over exactly those seeds) still had a 95% interval wider than
-    ``target_half_width``; at most ``max_claim_seeds``. The rule sees the spread of the differences, never their
+def claim_seed_count(design: Design, runs: list[dict[str, Any]], family: str, budget: int | None = None) -> int:
+    """How many seeds ``family`` has at ``budget`` (default: the claim budget) under the precision rule, given the
+    finished ``runs``: ``claim_seeds`` (``curve_seeds`` at another budget), plus one for each time that all seeds so
+    far had run and some paired difference there that the rule watches (:func:`precision_pairs`, over exactly those
+    seeds) still had a 95% interval wider than ``target_half_width``; at most ``max_claim_seeds``. Only at the
+    budgets the rule watches (:func:`watched_budgets`). The rule sees the spread of the differences, never their
     mean."""
-    n = design.claim_seeds
+    budget = design.claim_budget if budget is None else budget
+    n = design.claim_seeds if budget == design.claim_budget else design.curve_seeds
     pairs = precision_pairs(design)
-    if design.seeds is not None or design.max_claim_seeds <= n or not pairs:
+    if design.seeds is not None or design.max_claim_seeds <= n or not pairs or budget not in watched_budgets(design):
         return n
     cells = _cells(runs, dataclasses.asdict(design))
-    budget = design.claim_budget
     while n < design.max_claim_seeds:
         if any(s not in cells.get((family, budget, a), {}) for pair in pairs for a in pair for s in range(n)):
             return n  # the seeds so far have not all run yet
@@ -1636,12 +1651,18 @@ def _processor_text(runs: list[dict[str, Any]]) -> str:
 
 
 def _precision_lines(cells: dict, design: Design, runs: list[dict[str, Any]], family: str) -> list[str]:
-    """Per paired difference at the claim budget: its interval's half-width against ``target_half_width``, the seeds
-    its spread would need, and how many seeds the precision rule runs there now."""
+    """Per budget the precision rule watches (:func:`watched_budgets`), one paragraph: per paired difference its
+    interval's half-width against ``target_half_width``, the seeds its spread would need, and how many seeds the rule
+    runs there now."""
+    return [line for budget in sorted(watched_budgets(design)) for line in _budget_precision(cells, design, runs, family,
+                                                                                      budget)]  # fmt: skip
+
+
+def _budget_precision(cells: dict, design: Design, runs: list[dict[str, Any]], family: str, budget: int) -> list[str]:
     parts = []
     watched = precision_pairs(design)
     for arm, base in claim_pairs(design):
-        p = paired(cells, family, design.claim_budget, arm, base)
+        p = paired(cells, family, budget, arm, base)
         if p is None or p["interval"]["n"] < 2:
             continue
         half = p["interval"]["half_width"]
@@ -1660,17 +1681,17 @@ def _precision_lines(cells: dict, design: Design, runs: list[dict[str, Any]], fa
     if not parts:
         return []
     rule = ""
-    if design.seeds is None and design.max_claim_seeds > design.claim_seeds:
+    first = design.claim_seeds if budget == design.claim_budget else design.curve_seeds
+    if design.seeds is None and design.max_claim_seeds > first:
         arms = ", ".join(ARMS[a].label for a in design.arms if a in design.precision_arms)
-        rule = (f" The precision rule runs {claim_seed_count(design, runs, family)} seeds here so far (from "
-                f"{design.claim_seeds}, at most {design.max_claim_seeds}" + (f"; arms {arms}" if arms else "")
-                + ").")  # fmt: skip
+        rule = (f" The precision rule runs {claim_seed_count(design, runs, family, budget)} seeds here so far (from "
+                f"{first}, at most {design.max_claim_seeds}" + (f"; arms {arms}" if arms else "") + ").")  # fmt: skip
     which = "each 95% interval"
     if watched != claim_pairs(design):
         which = "the 95% interval of " + " and ".join(f"{ARMS[a].label} − {ARMS[b].label}" for a, b in watched)
     return [
         "",
-        f"Precision at {design.claim_budget} steps (the claim needs {which} within "
+        f"Precision at {budget} steps (the claim needs {which} within "
         f"±{100 * design.target_half_width:g} points): " + "; ".join(parts) + "." + rule,
     ]
 
