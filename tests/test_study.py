@@ -672,6 +672,27 @@ def test_precision_budgets_widen_the_rule_to_the_curve_budgets():
     assert study.DESIGNS["powered"].precision_budgets == (96, 24, 48)
 
 
+def test_report_counts_the_seeds_whose_answers_follow_their_trace():
+    design = _precise_design()
+    agree = {"sft": (0.9, 0.3, 0.2, 0.5), "scale_sft": (0.95, 0.9, 0.25, 0.8), "scale_close": (0.49, None, 0.6, 0.7)}
+    runs = [_run(arm=arm, seed=s, budget=96, correct="1100", answer_trace_agreement=a)
+            for arm, values in agree.items() for s, a in enumerate(values)]  # fmt: skip
+    text = study.report({"design": {"name": "powered", **dataclasses.asdict(design)}, "runs": runs})["markdown"]
+    # 0.5 counts (at least half); a run without the metric is left out of its arm's count
+    assert (
+        "Seeds whose answers follow their own trace (answer = trace on at least 50.0% of the questions) at 96 "
+        "steps: vanilla SFT 2 of 4, SCALe-SFT (defaults) 3 of 4, SCALe-SFT, closer as answer 2 of 3."
+    ) in text
+    paired = (
+        "Paired by seed, SCALe-SFT (defaults) and vanilla SFT: both 2, SCALe only 1, vanilla only 0, neither 1 (of 4)."
+    )
+    assert paired in text
+    # a family without trace agreement: no such line
+    plain = [{**r, "answer_trace_agreement": None} for r in runs]
+    text = study.report({"design": {"name": "powered", **dataclasses.asdict(design)}, "runs": plain})["markdown"]
+    assert "follow their own trace" not in text
+
+
 def test_report_states_the_precision_and_the_added_seeds():
     design = _precise_design()
     wide = [r for s, c in enumerate((0.3, -0.2, 0.1)) for r in _seed_runs(s, 0.55, 0.5 + c)]

@@ -1524,6 +1524,38 @@ def _diagnostics(cells: dict, family: str, budget: int) -> list[str]:
     return lines
 
 
+#: a run "follows its trace" when its answer agrees with its own trace on at least this share of the questions
+FOLLOWS_TRACE = 0.5
+
+
+def _follows_trace_lines(cells: dict, family: str, budget: int) -> list[str]:
+    """Per arm at ``budget``, in how many seeds the answers follow the run's own trace (``answer_trace_agreement`` at
+    least :data:`FOLLOWS_TRACE`); and, paired by seed, SCALe-SFT (defaults) against vanilla SFT. Where a run either
+    learns to map its trace to the answer or does not, the mean over seeds hides two outcomes; this says how often
+    each arm got there. Nothing where the family defines no trace agreement."""
+
+    def follows(arm: str) -> dict[int, bool]:
+        seeds = cells.get((family, budget, arm), {})
+        return {s: r["answer_trace_agreement"] >= FOLLOWS_TRACE for s, r in seeds.items()
+                if isinstance(r.get("answer_trace_agreement"), (int, float))}  # fmt: skip
+
+    parts = [f"{ARMS[a].label} {sum(f.values())} of {len(f)}" for a in ARMS if (f := follows(a))]
+    if not parts:
+        return []
+    lines = ["", f"Seeds whose answers follow their own trace (answer = trace on at least {_pct(FOLLOWS_TRACE)} of the "
+             f"questions) at {budget} steps: " + ", ".join(parts) + "."]  # fmt: skip
+    ours, theirs = follows("scale_sft"), follows("sft")
+    both = sorted(set(ours) & set(theirs))
+    if both:
+        count = {
+            (a, b): sum(ours[s] is a and theirs[s] is b for s in both) for a in (True, False) for b in (True, False)
+        }
+        lines[-1] += (f" Paired by seed, SCALe-SFT (defaults) and vanilla SFT: both {count[True, True]}, SCALe only "
+                      f"{count[True, False]}, vanilla only {count[False, True]}, neither {count[False, False]} (of "
+                      f"{len(both)}).")  # fmt: skip
+    return lines
+
+
 def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
     """Tables and sentences of the study from its results file (``data``: the loaded JSON); ``image``: the plot's
     path in the markdown (default: docs/results.md's ``img/results_<model>_curve.png``)."""
@@ -1614,6 +1646,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
         if with_data:
             at = design["claim_budget"] if design["claim_budget"] in with_data else max(with_data)
             lines += ["", f"Diagnostics at {at} steps (mean over seeds):", "", *_diagnostics(cells, family, at)]
+            lines += _follows_trace_lines(cells, family, at)
     choice = closing_tag_choice(runs)
     every = len(design["families"]) * len(budgets)  # the rule's cells: every family and budget
     if choice is not None:
