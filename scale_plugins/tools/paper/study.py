@@ -23,8 +23,8 @@ The rules (written down before any SCALe run of the powered study, ``DESIGNS["po
    **Precision** (:func:`claim_seed_count`, designs with ``max_claim_seeds``): once those seeds have all run, while
    the 95% interval of some paired difference at the claim budget is wider than ``target_half_width`` (10 points),
    one more seed of every arm, up to ``max_claim_seeds``; ``precision_arms`` narrows both to the pairs the claim
-   rests on, ``precision_budgets`` widens the rule to other budgets (each from its own seeds). The rule looks at the spread of the differences only, never at their sign or size, so the intervals
-   keep their meaning.
+   rests on, ``precision_budgets`` widens the rule to other budgets (each from its own seeds). The rule looks at the
+   spread of the differences only, never at their sign or size, so the intervals keep their meaning.
 4. **Statistics** (:mod:`.stats`): inside each seed, an exact McNemar test on the held-out questions; across seeds,
    the mean paired difference with its 95% t interval and an exact sign-flip p-value.
 5. **GRPO settings** (designs with a ``grpo_grid``): vanilla SFT + GRPO alone, seed 0, at the claim budget and the
@@ -440,7 +440,7 @@ def plan(
             out += arm_runs(seed, design.claim_budget, design.arms)
         extra = tuple(a for a in design.arms if not design.precision_arms or a in design.precision_arms)
         for budget in watched_budgets(design) if runs is not None else ():
-            first = max(design.curve_seeds, design.claim_seeds) if budget == design.claim_budget else design.curve_seeds
+            first = max(design.curve_seeds, _first_seeds(design, budget))  # the curve's seeds run at every budget
             for family in families:
                 for seed in range(first, claim_seed_count(design, runs, family, budget)):
                     out += [p for p in arm_runs(seed, budget, extra) if p.family == family]
@@ -469,6 +469,12 @@ def watched_budgets(design: Design) -> tuple[int, ...]:
     return tuple(b for b in design.precision_budgets or (design.claim_budget,) if b in design.budgets)
 
 
+def _first_seeds(design: Design, budget: int) -> int:
+    """The seeds ``budget`` has before the precision rule adds any: ``claim_seeds`` at the claim budget,
+    ``curve_seeds`` at the others."""
+    return design.claim_seeds if budget == design.claim_budget else design.curve_seeds
+
+
 def _half_width(cells: dict, family: str, budget: int, arm: str, base: str, seeds: range) -> float:
     diffs = [cells[family, budget, arm][s]["accuracy"] - cells[family, budget, base][s]["accuracy"] for s in seeds]
     return stats.t_interval(diffs)["half_width"]
@@ -482,7 +488,7 @@ def claim_seed_count(design: Design, runs: list[dict[str, Any]], family: str, bu
     budgets the rule watches (:func:`watched_budgets`). The rule sees the spread of the differences, never their
     mean."""
     budget = design.claim_budget if budget is None else budget
-    n = design.claim_seeds if budget == design.claim_budget else design.curve_seeds
+    n = _first_seeds(design, budget)
     pairs = precision_pairs(design)
     if design.seeds is not None or design.max_claim_seeds <= n or not pairs or budget not in watched_budgets(design):
         return n
@@ -1689,8 +1695,10 @@ def _precision_lines(cells: dict, design: Design, runs: list[dict[str, Any]], fa
     """Per budget the precision rule watches (:func:`watched_budgets`), one paragraph: per paired difference its
     interval's half-width against ``target_half_width``, the seeds its spread would need, and how many seeds the rule
     runs there now."""
-    return [line for budget in sorted(watched_budgets(design)) for line in _budget_precision(cells, design, runs, family,
-                                                                                      budget)]  # fmt: skip
+    lines = []
+    for budget in sorted(watched_budgets(design)):
+        lines += _budget_precision(cells, design, runs, family, budget)
+    return lines
 
 
 def _budget_precision(cells: dict, design: Design, runs: list[dict[str, Any]], family: str, budget: int) -> list[str]:
@@ -1716,7 +1724,7 @@ def _budget_precision(cells: dict, design: Design, runs: list[dict[str, Any]], f
     if not parts:
         return []
     rule = ""
-    first = design.claim_seeds if budget == design.claim_budget else design.curve_seeds
+    first = _first_seeds(design, budget)
     if design.seeds is None and design.max_claim_seeds > first:
         arms = ", ".join(ARMS[a].label for a in design.arms if a in design.precision_arms)
         rule = (f" The precision rule runs {claim_seed_count(design, runs, family, budget)} seeds here so far (from "
