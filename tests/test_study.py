@@ -3,11 +3,14 @@ are generated from the committed results file, and (slow, with the real model) t
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -46,10 +49,56 @@ def test_t_interval_and_sign_flip():
     assert ci["mean"] == 2.0 and ci["half_width"] == pytest.approx(4.303 / math.sqrt(3))
     assert ci["low"] == pytest.approx(2 - 4.303 / math.sqrt(3))
     assert stats.t_interval([0.5])["half_width"] == math.inf
-    assert stats.t_quantile_975(7) == 2.365 and stats.t_quantile_975(100) == 1.96
+    assert stats.t_quantile_975(7) == 2.365
     assert stats.sign_flip_p([1.0] * 5) == pytest.approx(2 / 32)
     assert stats.sign_flip_p([1.0, -1.0]) == 1.0
     assert stats.sign_flip_p([3.0, 1.0, 2.0]) == pytest.approx(2 / 8)
+
+
+def test_t_quantile_beyond_the_table_follows_students_t():
+    # exact 97.5% quantiles of Student's t (printed tables); the normal's 1.96 was 4% too small at 31 degrees of freedom
+    exact = {31: 2.0395, 35: 2.0301, 50: 2.0086, 80: 1.9901, 100: 1.9840, 200: 1.9719, 10_000: 1.9602}
+    for df, q in exact.items():
+        assert stats.t_quantile_975(df) == pytest.approx(q, abs=1e-3), df
+    quantiles = [stats.t_quantile_975(df) for df in range(1, 500)]
+    assert all(a > b for a, b in itertools.pairwise(quantiles))  # strictly falling towards 1.96
+
+
+def _sign_flip_p_by_enumeration(diffs):
+    observed = abs(sum(diffs))
+    flips = list(itertools.product((1, -1), repeat=len(diffs)))
+    return sum(abs(sum(s * d for s, d in zip(signs, diffs))) >= observed - 1e-9 for signs in flips) / len(flips)
+
+
+def _sign_flip_p_of_integers(diffs):
+    """The same p-value for integer differences, by counting the signed sums with a dictionary (no enumeration)."""
+    counts = {0: 1}
+    for d in diffs:
+        nxt = collections.Counter()
+        for total, c in counts.items():
+            nxt[total + d] += c
+            nxt[total - d] += c
+        counts = nxt
+    observed = abs(sum(diffs))
+    return sum(c for total, c in counts.items() if abs(total) >= observed) / 2 ** len(diffs)
+
+
+def test_sign_flip_p_is_exact_beyond_twenty_seeds():
+    # the powered study runs up to 24 seeds: the enumeration of all 2**n patterns stopped at 20 (the report raised)
+    rng = random.Random(7)
+    for n in range(1, 11):
+        diffs = [rng.choice((-1, 1)) * rng.uniform(0, 60) for _ in range(n)] + [0.0] * rng.choice((0, 1))
+        assert stats.sign_flip_p(diffs) == pytest.approx(_sign_flip_p_by_enumeration(diffs)), diffs
+    for n in (21, 24, 27):
+        # accuracy differences of 200 questions are multiples of 0.5 points: twice them are integers
+        halves = [rng.randint(-130, 60) for _ in range(n)] + [0, 4, -4]
+        expected = _sign_flip_p_of_integers(halves)
+        assert stats.sign_flip_p([h / 2 for h in halves]) == pytest.approx(expected, rel=1e-12), n
+        assert 0 < expected < 1
+    assert stats.sign_flip_p([1.0] * 24) == pytest.approx(2 / 2**24)
+    assert stats.sign_flip_p([2.0, -2.0] * 12) == 1.0
+    with pytest.raises(ValueError, match="more than 40"):
+        stats.sign_flip_p([1.0] * 41)
 
 
 # -- the design ------------------------------------------------------------------------------------------------
@@ -59,6 +108,8 @@ def test_powered_design_meets_the_issue():
     design = study.DESIGNS["powered"]
     assert design.n_eval >= 200 and len(design.budgets) >= 3 and max(design.budgets) >= 96
     assert design.claim_budget == max(design.budgets) and design.claim_seeds >= 8 and len(design.lr_grid) >= 3
+    # the report's exact sign-flip test must cover every seed count the precision rule can reach
+    assert all(d.max_claim_seeds <= stats.SIGN_FLIP_MAX_N for d in study.DESIGNS.values())
     runs = study.plan(design)
     assert len(runs) == len(set(runs))
     # tuning first, vanilla only, every rate at every budget and family
