@@ -84,7 +84,7 @@ def _sign_flip_p_of_integers(diffs):
 
 
 def test_sign_flip_p_is_exact_beyond_twenty_seeds():
-    # the powered study runs up to 24 seeds: the enumeration of all 2**n patterns stopped at 20 (the report raised)
+    # the powered study runs up to 32 seeds: the enumeration of all 2**n patterns stopped at 20 (the report raised)
     rng = random.Random(7)
     for n in range(1, 11):
         diffs = [rng.choice((-1, 1)) * rng.uniform(0, 60) for _ in range(n)] + [0.0] * rng.choice((0, 1))

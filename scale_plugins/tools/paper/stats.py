@@ -15,14 +15,14 @@ import math
 import statistics
 from collections.abc import Sequence
 
-# two-sided 95% quantiles of Student's t, by degrees of freedom (1..30), then at 40, 60 and 120 degrees of freedom
+# two-sided 95% quantiles of Student's t, by degrees of freedom (1..30)
 _T975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
     2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
-_T975_TAIL = ((30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980))
-_Z975 = 1.960
+# beyond the table, ``(1 / df, quantile)`` at 30 (the table's last), 40, 60, 120 and infinite degrees of freedom
+_T975_TAIL = ((1 / len(_T975), _T975[-1]), (1 / 40, 2.021), (1 / 60, 2.000), (1 / 120, 1.980), (0.0, 1.960))
 
 
 def t_quantile_975(df: int) -> float:
@@ -34,9 +34,8 @@ def t_quantile_975(df: int) -> float:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
     if df <= len(_T975):
         return _T975[df - 1]
-    anchors = [(1 / d, q) for d, q in _T975_TAIL] + [(0.0, _Z975)]
     x = 1 / df
-    for (x_hi, q_hi), (x_lo, q_lo) in itertools.pairwise(anchors):
+    for (x_hi, q_hi), (x_lo, q_lo) in itertools.pairwise(_T975_TAIL):
         if x_lo <= x <= x_hi:
             return q_lo + (q_hi - q_lo) * (x - x_lo) / (x_hi - x_lo)
     raise AssertionError("unreachable: 1 / df lies in (0, 1 / 30)")
