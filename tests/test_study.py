@@ -130,6 +130,19 @@ def test_powered_design_meets_the_issue():
         assert {r.budget for r in const} == {design.const_budget} and len(const) == 2 * design.const_seeds
 
 
+def test_study_help_states_the_powered_designs_seed_cap():
+    # the help said "up to 16" seeds after the cap had been raised to 24 and then 32
+    import argparse
+
+    from scale_plugins.tools import study as study_cli
+
+    parser = argparse.ArgumentParser()
+    study_cli.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    design = study.DESIGNS["powered"]
+    assert f"{design.claim_seeds} seeds at {design.claim_budget}, up to {design.max_claim_seeds} while" in text
+
+
 def _run(family="mc", arm="sft", seed=0, budget=24, lr=1e-3, correct="1100", tuning=False, dev=None, **extra):
     record = {
         "key": f"{family}/{budget}/{arm}/seed{seed}/lr{lr:g}",

@@ -13,14 +13,17 @@ from .paper import study
 from .paper.common import PRECISION_ENV
 from .paper.models import MODELS
 
+_P = study.DESIGNS["powered"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--design",
         choices=sorted(study.DESIGNS),
         default="powered",
-        help="powered: the study of docs/results.md (2 families, budgets 24/48/96 steps, 8 seeds at 96, up to 16 while "
-        "an interval is wider than +-10 points, 200 held-out questions per family); gemma3: the same on Gemma 3 270M at 96 steps, 3 seeds; headline: SCALe-SFT vs SFT + "
+        help=f"powered: the study of docs/results.md (2 families, budgets 24/48/96 steps, {_P.claim_seeds} seeds at "
+        f"{_P.claim_budget}, up to {_P.max_claim_seeds} while an interval is wider than +-10 points, {_P.n_eval} held-out "
+        "questions per family); gemma3: the same on Gemma 3 270M at 96 steps, 3 seeds; headline: SCALe-SFT vs SFT + "
         "GRPO (mc, 96 steps, 3 seeds, the GRPO setting chosen on vanilla alone); smoke: the same pipeline in a few "
         "minutes (tests); short / scratch: the designs of docs/results.md parts 2 and 3 (bench-paper's)",
     )
