@@ -598,6 +598,50 @@ def test_stopping_the_study_command_stops_its_worker_processes(tmp_path, monkeyp
     assert len(started) == 2 and not any(alive)
 
 
+@pytest.mark.parametrize(
+    "max_runs, shares, in_process", [(None, [None, None], 0), (5, [3, 2], 0), (1, [], 1), (0, [], 0)]
+)
+def test_max_runs_bounds_the_runs_of_the_worker_processes_together(tmp_path, monkeypatch, max_runs, shares, in_process):
+    """``--max-runs`` with ``--jobs 2`` was not passed to the workers, which trained the whole plan (and
+    ``--max-runs 0``, meant to print the estimate only, started two workers on a 15-hour study)."""
+    calls = []
+
+    class Worker:  # a worker process (its stdin too) that has already finished its share
+        returncode = 0
+
+        def __init__(self):
+            self.stdin = self
+
+        def write(self, text):
+            calls.append(json.loads(text))
+
+        def close(self):
+            pass
+
+        def poll(self):
+            return 0
+
+    trained = []
+
+    def fake_run_one(design, planned, lr, data, work_dir, sft=None, completions_dir=None, grpo_setting=None):
+        trained.append(planned)
+        return _run(family=planned.family, arm=planned.arm, seed=planned.seed, budget=planned.budget, lr=lr,
+                    correct=_correct(0.5, 4)), None  # fmt: skip
+
+    monkeypatch.setattr(study.subprocess, "Popen", lambda *a, **k: Worker())
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    monkeypatch.setattr(study, "estimate_seconds", lambda *a, **k: {})
+    monkeypatch.setattr(study, "_estimate_apart", lambda *a, **k: {})
+    monkeypatch.setattr(study, "run_one", fake_run_one)
+    results = tmp_path / "r.json"
+    study.run("powered", results=results, design=_tiny_design(), threads=1, jobs=2, max_runs=max_runs,
+              work_dir=tmp_path / "work")  # fmt: skip
+    assert [c["max_runs"] for c in calls] == shares
+    assert len(trained) == in_process == len(study.load(results).get("runs", []))
+    with pytest.raises(ValueError, match="0 or more"):
+        study.run("powered", results=results, design=_tiny_design(), threads=1, jobs=2, max_runs=-1)
+
+
 # -- the precision rule: seeds at the claim budget until every interval is narrow enough ---------------------------
 
 

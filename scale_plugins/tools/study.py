@@ -16,6 +16,13 @@ from .paper.models import MODELS
 _P = study.DESIGNS["powered"]
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--design",
@@ -58,7 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "seeds alike), appending to the same results file; a second study command on the same file joins in the "
         "same way",
     )
-    p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (then report)")
+    p.add_argument(
+        "--max-runs",
+        type=_count,
+        default=None,
+        help="train at most this many new runs, the --jobs worker processes together, then report (0: the time "
+        "estimate and the report only)",
+    )
     p.add_argument(
         "--completions",
         default=None,

@@ -990,7 +990,10 @@ def run(
         f"{path}",
         flush=True,
     )
-    workers = max(1, min(jobs, len(missing)))
+    if max_runs is not None and max_runs < 0:
+        raise ValueError(f"max_runs must be 0 or more, got {max_runs}")
+    # --max-runs bounds the runs this command trains, its worker processes together (0: the estimate only)
+    workers = max(1, min(jobs, len(missing), jobs if max_runs is None else max_runs))
     if missing and estimate:
         if spec.prepare is not None:
             spec.prepare()
@@ -1005,8 +1008,10 @@ def run(
                      f"{workers} worker processes side by side")  # fmt: skip
         print(text + " (from a measured step)", flush=True)
     if workers > 1:
-        _worker_processes(design_name, design, path, fams, arms, threads, workers, work, completions_dir, missing)
-        missing = []
+        assert max_runs is None or max_runs >= workers
+        _worker_processes(design_name, design, path, fams, arms, threads, workers, work, completions_dir, missing,
+                          max_runs)  # fmt: skip
+        missing, max_runs = [], 0  # the workers trained this command's runs: it trains none itself
     bar = tqdm(total=len(missing), desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
     counted = set(missing)
     ran = 0
@@ -1165,10 +1170,12 @@ def _worker_processes(
     work: Path,
     completions_dir: str | Path | None,
     missing: list[Planned],
+    max_runs: int | None = None,
 ) -> None:
     """``jobs`` worker processes (``threads`` torch threads each), each running :func:`run` over every family into
     the same results file: a worker trains the next run nobody holds (:func:`claim`), so the work balances however
-    the runs' lengths and the families' counts differ, and appends are locked. Each logs to
+    the runs' lengths and the families' counts differ, and appends are locked. ``max_runs``: the runs they train
+    together, shared out as evenly as it divides (a worker whose share is done stops). Each logs to
     ``<work>/logs/worker<i>.log`` and trains in ``<work>/worker<i>``; a progress bar over the missing runs."""
     from tqdm.auto import tqdm
 
@@ -1187,6 +1194,7 @@ def _worker_processes(
                 call = {"design_name": design_name, "design": dataclasses.asdict(design), "results": str(path),
                         "families": list(families), "arms": arms, "threads": threads, "work_dir": str(work / name),
                         "completions_dir": str(completions_dir) if completions_dir else None,
+                        "max_runs": None if max_runs is None else max_runs // jobs + (i < max_runs % jobs),
                         "estimate": False}  # fmt: skip
                 log = (logs / f"{name}.log").open("w")
                 proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=log,
