@@ -472,7 +472,7 @@ def test_docs_quote_the_committed_results(design, model):
 
 def test_docs_account_for_every_unclosed_trace_of_the_committed_runs():
     """docs/results.md's paragraph on the dropped-closer table names the one skipped closer and says the rest were
-    cut by the generation limit, and that 48 and 96 steps have none so far: the committed runs must say the same
+    cut by the generation limit, and that 48 and 96 steps have none: the committed runs must say the same
     (a new run that leaves a trace unclosed fails this until the paragraph is updated)."""
     data = study.load(ROOT / "docs" / "results" / "smollm2.json")
     runs, grid = data["runs"], tuple(data["design"]["lr_grid"])
@@ -486,7 +486,7 @@ def test_docs_account_for_every_unclosed_trace_of_the_committed_runs():
     assert {r["sft_steps"] for r in unclosed} == {24}
     text = " ".join((ROOT / "docs" / "results.md").read_text().split())
     assert "The one skipped closer is SCALe-SFT at its defaults (`arith`, seed 1, question 87)" in text
-    assert "at 48 and 96 steps no arm has left a trace unclosed so far" in text
+    assert "at 48 and 96 steps no arm left a trace unclosed" in text
 
 
 # -- the pipeline with the real model (slow) ---------------------------------------------------------------------
