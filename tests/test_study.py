@@ -601,7 +601,9 @@ def test_stopping_the_study_command_stops_its_worker_processes(tmp_path, monkeyp
 @pytest.mark.parametrize(
     "max_runs, shares, in_process", [(None, [None, None], 0), (5, [3, 2], 0), (1, [], 1), (0, [], 0)]
 )
-def test_max_runs_bounds_the_runs_of_the_worker_processes_together(tmp_path, monkeypatch, max_runs, shares, in_process):
+def test_max_runs_bounds_the_runs_of_the_worker_processes_together(
+    tmp_path, monkeypatch, capsys, max_runs, shares, in_process
+):
     """``--max-runs`` with ``--jobs 2`` was not passed to the workers, which trained the whole plan (and
     ``--max-runs 0``, meant to print the estimate only, started two workers on a 15-hour study)."""
     calls = []
@@ -637,6 +639,8 @@ def test_max_runs_bounds_the_runs_of_the_worker_processes_together(tmp_path, mon
     study.run("powered", results=results, design=_tiny_design(), threads=1, jobs=2, max_runs=max_runs,
               work_dir=tmp_path / "work")  # fmt: skip
     assert [c["max_runs"] for c in calls] == shares
+    # the estimate is the whole plan's, at --jobs side by side, whatever --max-runs trains of it now
+    assert "of wall time with 2 worker processes side by side" in capsys.readouterr().out
     assert len(trained) == in_process == len(study.load(results).get("runs", []))
     with pytest.raises(ValueError, match="0 or more"):
         study.run("powered", results=results, design=_tiny_design(), threads=1, jobs=2, max_runs=-1)

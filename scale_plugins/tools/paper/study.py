@@ -1003,9 +1003,10 @@ def run(
             else estimate_seconds(design, missing, splits)
         )
         text = f"estimated time for the {len(missing)} missing runs: {sum(per_run.values()) / 3600:.1f} h"
-        if workers > 1:
-            text += (f" of compute, {wall_estimate(list(per_run.values()), workers) / 3600:.1f} h of wall time with "
-                     f"{workers} worker processes side by side")  # fmt: skip
+        side_by_side = max(1, min(jobs, len(missing)))  # the whole plan's wall time at --jobs, whatever --max-runs
+        if side_by_side > 1:
+            text += (f" of compute, {wall_estimate(list(per_run.values()), side_by_side) / 3600:.1f} h of wall time "
+                     f"with {side_by_side} worker processes side by side")  # fmt: skip
         print(text + " (from a measured step)", flush=True)
     if workers > 1:
         assert max_runs is None or max_runs >= workers
