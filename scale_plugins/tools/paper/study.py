@@ -993,7 +993,8 @@ def run(
     if max_runs is not None and max_runs < 0:
         raise ValueError(f"max_runs must be 0 or more, got {max_runs}")
     # --max-runs bounds the runs this command trains, its worker processes together (0: the estimate only)
-    workers = max(1, min(jobs, len(missing), jobs if max_runs is None else max_runs))
+    side_by_side = max(1, min(jobs, len(missing)))  # the estimate: the whole plan's wall time at --jobs
+    workers = side_by_side if max_runs is None else max(1, min(side_by_side, max_runs))
     if missing and estimate:
         if spec.prepare is not None:
             spec.prepare()
@@ -1003,7 +1004,6 @@ def run(
             else estimate_seconds(design, missing, splits)
         )
         text = f"estimated time for the {len(missing)} missing runs: {sum(per_run.values()) / 3600:.1f} h"
-        side_by_side = max(1, min(jobs, len(missing)))  # the whole plan's wall time at --jobs, whatever --max-runs
         if side_by_side > 1:
             text += (f" of compute, {wall_estimate(list(per_run.values()), side_by_side) / 3600:.1f} h of wall time "
                      f"with {side_by_side} worker processes side by side")  # fmt: skip
