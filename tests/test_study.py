@@ -195,6 +195,68 @@ def test_closing_tag_rule_fewer_malformed_then_accuracy_then_think():
     assert study.closing_tag_choice([_run(arm="scale_sft", dev=(1, 0))]) is None
 
 
+def test_closing_study_default_rule_fewest_skipped_closers_then_correct_then_think():
+    """Rule 7: dev completions that skip the closer (dropped minus cut by the limit) over the seeds and families
+    where all three settings ran, then correct dev answers, then think; a seed lacking a setting does not count."""
+
+    def seed(seed, family="mc", **settings):
+        out = []
+        for setting, (accuracy, dropped, cut) in settings.items():
+            arm = study.SETTING_ARMS[setting]
+            out.append(_run(family=family, arm=arm, seed=seed, dev=(accuracy, 0.0), dev_dropped_closer_rate=dropped,
+                            dev_cut_at_limit_rate=cut))  # fmt: skip
+        return out
+
+    even = {"think": (0.5, 0.0, 0.0), "answer": (0.5, 0.0, 0.0), "own": (0.5, 0.0, 0.0)}
+    assert study.closing_tag_default(seed(0, **even), 24)["chosen"] == "think"
+    runs = seed(0, **{**even, "think": (0.75, 0.25, 0.0)}) + seed(1, family="arith", **even)
+    choice = study.closing_tag_default(runs, 24)
+    assert choice["chosen"] == "answer" and choice["think"]["dev_skipped"] == 1 and choice["cells"] == [
+        ["arith", 1], ["mc", 0]]  # fmt: skip
+    # a closer cut by the generation limit is not a skipped closer: think is back, on its correct answers
+    runs = seed(0, **{**even, "think": (0.75, 0.25, 0.25)})
+    assert study.closing_tag_default(runs, 24)["chosen"] == "think"
+    assert study.closing_tag_default(seed(0, **{**even, "own": (1.0, 0.0, 0.0)}), 24)["chosen"] == "own"
+    # seed 1 lacks own: only seed 0 counts, and another budget's runs never do
+    runs = seed(0, **even) + seed(1, think=(0.0, 1.0, 0.0), answer=(1.0, 0.0, 0.0))
+    assert study.closing_tag_default(runs, 24)["cells"] == [["mc", 0]]
+    assert study.closing_tag_default(runs, 48) is None
+
+
+def test_closing_design_reuses_the_powered_runs_it_plans(tmp_path, monkeypatch):
+    """The closing study has the powered study's fingerprint, so --reuse copies the powered runs it plans (and only
+    those) with reused_from; a source of another fingerprint or another precision is refused."""
+    from scale_plugins.tools.paper import common
+
+    monkeypatch.setenv(common.PRECISION_ENV, "fp32")
+    closing, powered = study.DESIGNS["closing"], study.DESIGNS["powered"]
+    assert closing.fingerprint() == powered.fingerprint()
+    assert "scale_own" in closing.arms and closing.budgets == (24,) and len(closing.seeds) == 6
+    source = tmp_path / "powered.json"
+    kept = [_run(lr=lr, tuning=True, dev=(0.5, 0.0)) for lr in powered.lr_grid]
+    kept += [_run(arm="scale_sft", seed=3, lr=5e-4), _run(arm="scale_close", seed=5, lr=5e-4)]
+    left = [_run(arm="scale_sft", seed=3, budget=96, lr=5e-4), _run(arm="scale_sft", seed=6, lr=5e-4),
+            _run(arm="scale_const", seed=0, lr=5e-4)]  # fmt: skip
+    for record in kept + left:
+        study.append_run(source, "powered", powered, record)
+    target = tmp_path / "closing.json"
+    assert study.reuse_runs(source, "closing", closing, target) == len(kept)
+    data = study.load(target)
+    assert sorted(r["key"] for r in data["runs"]) == sorted(r["key"] for r in kept)
+    assert {r["reused_from"] for r in data["runs"]} == {"powered"} and data["design"]["name"] == "closing"
+    assert study.reuse_runs(source, "closing", closing, target) == 0  # nothing twice
+    planned = study.plan(closing, runs=data["runs"])
+    assert not any(p.arm == "scale_own" and study.is_done(p, data["runs"]) for p in planned)
+    other = tmp_path / "gemma.json"
+    study.append_run(other, "gemma3", study.DESIGNS["gemma3"], _run(lr=5e-4, tuning=True, budget=96))
+    with pytest.raises(SystemExit, match="another fingerprint"):
+        study.reuse_runs(other, "closing", closing, tmp_path / "x.json")
+    bf16 = tmp_path / "bf16.json"
+    bf16.write_text(json.dumps({**study.load(source), "runs": [{**kept[0], "precision": "bf16"}]}))
+    with pytest.raises(SystemExit, match="precision"):
+        study.reuse_runs(bf16, "closing", closing, tmp_path / "y.json")
+
+
 def _design_dict(**changes):
     import dataclasses
 
@@ -449,7 +511,9 @@ def test_generated_block_replacement():
 # -- the docs follow the committed results -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("design", "model"), [("powered", "smollm2"), ("gemma3", "gemma3"), ("headline", "smollm2")])
+@pytest.mark.parametrize(
+    ("design", "model"), [("powered", "smollm2"), ("gemma3", "gemma3"), ("headline", "smollm2"), ("closing", "smollm2")]
+)
 def test_docs_quote_the_committed_results(design, model):
     """Every study's results file (or, before its first run, none) is what docs/results.md and README quote."""
     key = study.results_key(design, model)

@@ -202,6 +202,7 @@ class ScaleArgs(_ScaleArgsBase):
     scale_think_open: str | None = _option_field("think_open")
     scale_think_close: str | None = _option_field("think_close")
     scale_think_close_segment: str | None = _option_field("think_close_segment")
+    scale_close_weight: float | None = _option_field("close_weight")
     scale_schedule: str | None = _option_field("schedule")
     scale_answer_weight_start: float | None = _option_field("answer_weight_start")
     scale_answer_weight_end: float | None = _option_field("answer_weight_end")

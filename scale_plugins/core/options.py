@@ -17,8 +17,10 @@ SCHEDULES = ("cosine", "linear", "constant", "step")
 NORMALIZATIONS = ("sample", "token")
 MISSING_TAG_POLICIES = ("warn", "error", "ignore")
 EMPTY_THINK_POLICIES = ("ignore", "think")
-CLOSE_TAG_SEGMENTS = ("think", "answer")
-RESERVED_SEGMENT_NAMES = ("ignored", "think", "answer")
+CLOSE_TAG_SEGMENTS = ("think", "answer", "own")
+#: The name of the closing tag's own segment (``think_close_segment="own"``), last in segment order.
+CLOSE_SEGMENT_NAME = "close"
+RESERVED_SEGMENT_NAMES = ("ignored", "think", "answer", CLOSE_SEGMENT_NAME)
 
 
 class ScaleConfigError(ValueError):
@@ -126,8 +128,16 @@ class ScaleOptions:
     )
     think_close_segment: str = _opt(
         "think",
-        "Which segment the closing tag's tokens belong to: 'think' (the closer ends the trace and weighs like a trace token, 1/|think| of the think weight under sample normalization) or 'answer' (the decision to end the trace is trained with the answer's weight and averaged with the answer tokens; docs/concepts.md). Empty think blocks follow empty_think either way.",
+        "Which segment the closing tag's tokens belong to: 'think' (the closer ends the trace and weighs like a trace token, 1/|think| of the think weight under sample normalization), 'answer' (the decision to end the trace is trained with the answer's weight and averaged with the answer tokens) or 'own' (a segment of its own, 'close', averaged like the others and weighted by close_weight at every step, added to the think and answer terms; docs/concepts.md). Empty think blocks follow empty_think either way.",
         choices=CLOSE_TAG_SEGMENTS,
+    )
+    close_weight: float = _opt(
+        0.5,
+        "With think_close_segment 'own': the constant weight of the closing tag's segment (its per-sample mean CE, like a segment), added to the loss on top of think and answer (whose weights stay 1 - w_answer and w_answer). Setting it to anything but its default with another think_close_segment is an error.",
+        minimum=0.0,
+        maximum=1.0,
+        requires=("think_close_segment", "own"),
+        requires_why="weighs the closing tag's own segment",
     )
     schedule: str = _opt(
         "cosine",
@@ -196,6 +206,14 @@ class ScaleOptions:
                 raise ScaleConfigError(f"{key}: must be a non-empty string")
         if self.think_open == self.think_close:
             raise ScaleConfigError("think_open/think_close: the two tags must differ")
+        for f in dataclasses.fields(self):  # an option that only means something under another one's value
+            if "requires" in f.metadata and getattr(self, f.name) != f.default:
+                key, needed = f.metadata["requires"]
+                if getattr(self, key) != needed:
+                    raise ScaleConfigError(
+                        f"{f.name}/{key}: {f.name}={getattr(self, f.name)!r} {f.metadata['requires_why']}, which "
+                        f"exists only with {key} {needed!r} (it is {getattr(self, key)!r})"
+                    )
         if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int):
             raise ScaleConfigError(f"ignore_index: must be an integer, got {self.ignore_index!r}")
         names = set(RESERVED_SEGMENT_NAMES)
@@ -216,7 +234,8 @@ class ScaleOptions:
     @property
     def segment_names(self) -> tuple[str, ...]:
         """Names of the weighted segments, in segment-id order (id = index + 1; 0 is ignored)."""
-        return ("think", "answer", *(e.name for e in self.extra_segments))
+        own = (CLOSE_SEGMENT_NAME,) if self.think_close_segment == "own" else ()
+        return ("think", "answer", *(e.name for e in self.extra_segments), *own)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], prefix: str = "") -> ScaleOptions:
@@ -262,6 +281,8 @@ class OptionField:
     bounds: tuple[float, float] | None = None
     #: How one entry of a list option is written as text (a command-line argument, a line of a text box)
     entry_syntax: str | None = None
+    #: ``(option, value)``: this option may leave its default only when that option has that value
+    requires: tuple[str, Any] | None = None
 
     @property
     def is_list(self) -> bool:
@@ -292,7 +313,14 @@ def option_fields() -> Iterator[OptionField]:
         meta = f.metadata
         bounds = (meta["minimum"], meta["maximum"]) if "minimum" in meta else None
         yield OptionField(
-            f.name, KINDS[meta["kind"]], f.default, meta["help"], meta.get("choices"), bounds, meta.get("entry_syntax")
+            f.name,
+            KINDS[meta["kind"]],
+            f.default,
+            meta["help"],
+            meta.get("choices"),
+            bounds,
+            meta.get("entry_syntax"),
+            meta.get("requires"),
         )
 
 

@@ -40,8 +40,10 @@ def answer_weight(step: int, max_steps: int, options: ScaleOptions) -> float:
 
 
 def segment_weights(step: int, max_steps: int, options: ScaleOptions) -> tuple[float, ...]:
-    """Weights in segment order ``(think, answer, *extras)``; w_think = 1 - w_answer."""
+    """Weights in segment order ``(think, answer, *extras[, close])``; w_think = 1 - w_answer; the closing tag's own
+    segment (``think_close_segment="own"``) weighs ``close_weight`` at every step."""
     p = progress(step, max_steps)
     w_answer = _interpolate(options.answer_weight_start, options.answer_weight_end, p, options)
     extras = (_interpolate(e.weight_start, e.weight_end, p, options) for e in options.extra_segments)
-    return (1.0 - w_answer, w_answer, *extras)
+    own = (options.close_weight,) if options.think_close_segment == "own" else ()
+    return (1.0 - w_answer, w_answer, *extras, *own)

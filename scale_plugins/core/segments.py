@@ -18,6 +18,9 @@ Rules (docs/concepts.md):
 - with ``think_close_segment="answer"`` the closer's bytes are answer (the decision to end the
   trace is trained with the answer's weight, and counted in the answer's mean); a token that
   merges trace text with the closer (``'.</'``) then goes to the answer, by the rule above;
+- with ``think_close_segment="own"`` the closer's bytes are a segment of their own (``close``, id
+  :func:`close_segment_id`, after the extra segments); it ranks just below answer text, so ``'.</'``
+  is close and ``'>B'`` is still answer;
 - an empty think block (only whitespace between the tags) is left out of the loss with
   ``empty_think="ignore"`` (the default), trained as think with ``"think"``;
 - an opener with no closer (truncation) makes the rest of the run think;
@@ -44,6 +47,12 @@ IGNORED = 0
 THINK = 1
 ANSWER = 2
 FIRST_EXTRA = 3
+
+
+def close_segment_id(options: ScaleOptions) -> int | None:
+    """Segment id of the closing tag's own segment (``think_close_segment="own"``: after the extra segments,
+    as in :attr:`ScaleOptions.segment_names`), ``None`` with any other setting."""
+    return FIRST_EXTRA + len(options.extra_segments) if options.think_close_segment == "own" else None
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -341,22 +350,25 @@ class SegmentTagger:
         tags += [(e.open_tag, e.close_tag, FIRST_EXTRA + i, False) for i, e in enumerate(options.extra_segments)]
         self._tags = [(o.encode("utf-8"), c.encode("utf-8"), seg, orphan) for o, c, seg, orphan in tags]
         self.empty_think_blocks = 0  # empty think blocks left out of the loss so far (empty_think="ignore")
-        self._close_as_answer = options.think_close_segment == "answer"
-        self._rank, self._text_bonus, self._segment_of_key, self._rank_dtype = self._rank_tables(len(tags) - 1)
+        own = close_segment_id(options)
+        # the segment a closed block's closer is painted with, when it is not think
+        self._closer_segment = ANSWER if options.think_close_segment == "answer" else own
+        self._rank, self._text_bonus, self._segment_of_key, self._rank_dtype = self._rank_tables(len(tags) - 1, own)
 
     @staticmethod
-    def _rank_tables(extras: int) -> tuple[dict[int, int], np.ndarray, np.ndarray, type]:
+    def _rank_tables(extras: int, close: int | None = None) -> tuple[dict[int, int], np.ndarray, np.ndarray, type]:
         """Byte ranks and how a token's segment is read from them.
 
         A token holding bytes of several segments goes by its non-whitespace bytes (all of them if it is all
-        whitespace): answer text wins over an extra segment (the later one first), which wins over think, which
+        whitespace): answer text wins over the closer's own segment (``close``, when there is one), which wins over
+        an extra segment (the later one first), which wins over think, which
         wins over an ignored empty think block (:data:`_EMPTY_THINK`). Returns ``rank`` (segment -> its place
         in that order, 0 .. n - 1), ``bonus`` (byte value -> n for a non-whitespace byte, 0 for whitespace),
         ``decode`` (key -> segment id, for keys 0 .. 2n - 1) and the dtype they fit in. A byte's key is its
         segment's rank plus its bonus, so a token's largest key is its best non-whitespace byte when it has one
         and its best byte otherwise.
         """
-        order = [_EMPTY_THINK, THINK, *range(FIRST_EXTRA, FIRST_EXTRA + extras), ANSWER]
+        order = [_EMPTY_THINK, THINK, *range(FIRST_EXTRA, FIRST_EXTRA + extras), *([close] if close else []), ANSWER]
         rank = {segment: r for r, segment in enumerate(order)}
         n = len(order)
         dtype = np.int8 if 2 * n <= 127 else np.int32
@@ -447,9 +459,9 @@ class SegmentTagger:
             values = np.where(left_out, rank[_EMPTY_THINK], rank[segment])
             for a, b, value in zip(start.tolist(), stop.tolist(), values.tolist()):  # a tag's spans are disjoint
                 ranks[a:b] = value
-            if segment == THINK and self._close_as_answer:
+            if segment == THINK and self._closer_segment is not None:
                 for b in stop[closed & ~left_out].tolist():
-                    ranks[b - len(close_tag) : b] = rank[ANSWER]
+                    ranks[b - len(close_tag) : b] = rank[self._closer_segment]
         # Each token's segment: the largest key (rank + a bonus for non-whitespace) over its bytes.
         keys = ranks + text_bonus
         nonempty = lengths > 0  # a token with no bytes (an id the tokenizer lacks) stays answer

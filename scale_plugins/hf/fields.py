@@ -38,6 +38,7 @@ class ScaleArguments:
     scale_think_open: str = _arg("think_open")
     scale_think_close: str = _arg("think_close")
     scale_think_close_segment: str = _arg("think_close_segment")
+    scale_close_weight: float = _arg("close_weight")
     scale_schedule: str = _arg("schedule")
     scale_answer_weight_start: float = _arg("answer_weight_start")
     scale_answer_weight_end: float = _arg("answer_weight_end")

@@ -73,6 +73,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "estimate and the report only)",
     )
     p.add_argument(
+        "--reuse",
+        default=None,
+        metavar="FILE",
+        help="first copy into the results file the runs of FILE (another study's results) that this design plans: "
+        "FILE's design must have the same fingerprint (model, data sizes, rate grid, batch, LoRA rank, generation "
+        "limit) and its runs the same device and precision; each copied run names FILE's design in `reused_from`",
+    )
+    p.add_argument(
         "--completions",
         default=None,
         metavar="DIR",
@@ -126,6 +134,9 @@ def main(ns: argparse.Namespace) -> int:
         failed = study.recheck(ns.recheck, design_name=ns.design, results=ns.results, threads=threads, design=design,
                                completions_dir=ns.completions)  # fmt: skip
         return 1 if failed else 0
+    if ns.reuse:
+        copied = study.reuse_runs(ns.reuse, ns.design, design, ns.results)
+        print(f"reused {copied} runs of {ns.reuse}", flush=True)
     study.run(
         design_name=ns.design,
         results=ns.results,

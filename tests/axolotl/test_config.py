@@ -60,9 +60,9 @@ def rejected_keys(err: BaseException) -> list[str]:
         for e in err.errors():
             keys += [str(e["loc"][0])] if e["loc"] else []
             message = e["msg"].removeprefix("Value error, ")
-            keys += [message.split(":", 1)[0].split("[", 1)[0]]
+            keys += message.split(":", 1)[0].split("[", 1)[0].split("/")  # 'a/b: ...' is about a and b
         return keys
-    return [str(err).split(":", 1)[0]]
+    return str(err).split(":", 1)[0].split("/")
 
 
 def minimal(**keys: Any) -> dict[str, Any]:
@@ -84,7 +84,8 @@ def minimal(**keys: Any) -> dict[str, Any]:
 NON_DEFAULT = {
     "think_open": "<reasoning>",
     "think_close": "</reasoning>",
-    "think_close_segment": "answer",
+    "think_close_segment": "own",
+    "close_weight": 0.3,
     "schedule": "step",
     "answer_weight_start": 0.2,
     "answer_weight_end": 0.7,
@@ -118,7 +119,8 @@ def test_good_config_loads_and_builds_the_scale_trainer_with_its_options(tiny_mo
     expected = ScaleOptions(
         think_open="<reasoning>",
         think_close="</reasoning>",
-        think_close_segment="answer",
+        think_close_segment="own",
+        close_weight=0.3,
         schedule="step",
         answer_weight_start=0.2,
         answer_weight_end=0.7,
@@ -241,6 +243,7 @@ BAD_VALUES: dict[str, list[Any]] = {
     ],
     "empty_think": ["keep", "Think", True, 1],
     "think_close_segment": ["closer", "Answer", True, 1],
+    "close_weight": [1.5, -0.1, "heavy", 0.3],  # 0.3: a weight for a segment the default 'think' does not make
     "on_missing_think": ["raise", True],
     "ignore_index": [1.5, True, "x"],
 }
@@ -425,7 +428,8 @@ def test_axolotl_cli_does_not_load_cli_command_entry_points_for_train(monkeypatc
 EXPECTED_ARGS: dict[str, tuple[Any, Any, list[str] | None]] = {
     "scale_think_open": (str, "<think>", None),
     "scale_think_close": (str, "</think>", None),
-    "scale_think_close_segment": (str, "think", ["think", "answer"]),
+    "scale_think_close_segment": (str, "think", ["think", "answer", "own"]),
+    "scale_close_weight": (float, 0.5, None),
     "scale_schedule": (str, "cosine", ["cosine", "linear", "constant", "step"]),
     "scale_answer_weight_start": (float, 0.1, None),
     "scale_answer_weight_end": (float, 0.9, None),

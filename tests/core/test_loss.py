@@ -22,7 +22,7 @@ from scale_plugins.core import (
     token_weights,
 )
 
-from .toy import ContextFreeLM, make_sample, pack, pad_batch, tagger_for
+from .toy import THINK_CLOSE, ContextFreeLM, make_sample, pack, pad_batch, tagger_for
 
 EQUAL = ScaleOptions(schedule="constant", answer_weight_start=0.5, normalization="token")
 
@@ -70,7 +70,7 @@ def scale_step(model, micro_batches, options: ScaleOptions, step=3, max_steps=10
     tagger = tagger_for(options)
     segs = [tagger.tag(lab, pos) for _, lab, pos in micro_batches]
     if counts is None:
-        acc = StepCounts(2)
+        acc = StepCounts(len(options.segment_names))
         for s in segs:
             acc.add(s)
         counts = acc.counts
@@ -98,17 +98,22 @@ def test_equal_weights_token_normalization_is_stock_ce():
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
+CLOSER_SETTINGS = [{}, {"think_close_segment": "own", "close_weight": 0.3}]
+
+
+@pytest.mark.parametrize("closer", CLOSER_SETTINGS)
 @pytest.mark.parametrize("normalization", ["sample", "token"])
-def test_matches_explicit_reference(normalization):
+def test_matches_explicit_reference(normalization, closer):
     from scale_plugins.core import segment_weights
 
-    options = ScaleOptions(normalization=normalization)
+    options = ScaleOptions(normalization=normalization, **closer)
     model = ContextFreeLM()
     samples = batch_of(6, seed=1) + batch_of(1, seed=2, think=False) + batch_of(1, seed=3, answer=False)
     ids, labels = pad_batch(samples)
     segs = tagger_for(options).tag(labels)
     ws = segment_weights(2, 10, options)
-    tw = token_weights(segs, ws, local_counts(segs, 2), normalization)
+    assert len(ws) == 2 + bool(closer) and (not closer or ws[-1] == 0.3)
+    tw = token_weights(segs, ws, local_counts(segs, len(ws)), normalization)
     ours, _ = scale_loss_from_logits(model(ids), shift_targets(labels), tw)
     ref = reference_scale_loss(model(ids), labels, segs, ws, normalization)
     assert torch.allclose(ours, ref, atol=1e-6)
@@ -118,9 +123,10 @@ def test_matches_explicit_reference(normalization):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("closer", CLOSER_SETTINGS)
 @pytest.mark.parametrize("normalization", ["sample", "token"])
-def test_gradient_accumulation_is_exact(normalization):
-    options = ScaleOptions(normalization=normalization)
+def test_gradient_accumulation_is_exact(normalization, closer):
+    options = ScaleOptions(normalization=normalization, **closer)
     model = ContextFreeLM()
     samples = batch_of(8, seed=4)
     ids, labels = pad_batch(samples)
@@ -134,9 +140,10 @@ def test_gradient_accumulation_is_exact(normalization):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("closer", CLOSER_SETTINGS)
 @pytest.mark.parametrize("normalization", ["sample", "token"])
-def test_padding_and_packing_do_not_change_the_loss(normalization):
-    options = ScaleOptions(normalization=normalization)
+def test_padding_and_packing_do_not_change_the_loss(normalization, closer):
+    options = ScaleOptions(normalization=normalization, **closer)
     model = ContextFreeLM()
     samples = batch_of(5, seed=5)
     # Packed rows mask each sample's first label; do the same in the padded batches so all see one set of targets.
@@ -151,6 +158,27 @@ def test_padding_and_packing_do_not_change_the_loss(normalization):
     assert torch.allclose(base, packed, atol=1e-6)
     for a, b in zip(grads(model, base), grads(model, scale_step(model, [(pids, plabels, pos)], options))):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_the_closers_own_segment_adds_its_weighted_mean_to_the_loss():
+    """think_close_segment='own' under sample normalization: the loss of the default setting with the closer taken out
+    of think, plus close_weight times the mean over samples of the closer's CE (one token here), by hand."""
+    from scale_plugins.core import segment_weights
+
+    model = ContextFreeLM()
+    ids, labels = pad_batch(batch_of(4, seed=7))
+    own = ScaleOptions(think_close_segment="own", close_weight=0.25)
+    segs = tagger_for(own).tag(labels)
+    targets = shift_targets(labels)
+    assert bool((segs.segment_ids == 3).eq(targets == THINK_CLOSE).all())  # the closer token, nothing else
+    ws = segment_weights(5, 10, own)
+    tw = token_weights(segs, ws, local_counts(segs, 3), "sample")
+    ours, _ = scale_loss_from_logits(model(ids), targets, tw)
+    ce = F.cross_entropy(model(ids).flatten(0, 1), targets.flatten().clamp(min=0), reduction="none").view(targets.shape)
+    by_hand = 0.0
+    for k, w in ((1, ws[0]), (2, ws[1]), (3, 0.25)):
+        by_hand += w * torch.stack([ce[r][segs.segment_ids[r] == k].mean() for r in range(4)]).mean()
+    assert torch.allclose(ours, by_hand, atol=1e-6)
 
 
 def test_log_probs_path_equals_logits_path():

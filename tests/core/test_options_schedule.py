@@ -41,12 +41,27 @@ def test_defaults_follow_method():
         ({"extra_segments": ["p:<a>:</a>:heavy"]}, "extra_segments: 'p:<a>:</a>:heavy': the weights must be numbers"),
         ({"extra_segments": [{"name": "p", "open": "<a>", "close": "</a>", "weight": [1]}]}, "extra_segments[p]"),
         ({"extra_segments": [3]}, "extra_segments: each entry must be a mapping or a string"),
+        ({"think_close_segment": "own", "close_weight": 1.5}, "close_weight: 1.5 is out of range"),
+        ({"close_weight": 0.2}, "close_weight/think_close_segment: close_weight=0.2 weighs the closing tag's own"),
+        ({"think_close_segment": "answer", "close_weight": 0.0}, "exists only with think_close_segment 'own'"),
+        ({"extra_segments": [{"name": "close", "open": "<a>", "close": "</a>"}]}, "reserved"),
     ],
 )
 def test_invalid_options_name_the_key(kwargs, needle):
     with pytest.raises(ScaleConfigError, match=None) as err:
         ScaleOptions(**kwargs)
     assert needle in str(err.value)
+
+
+def test_the_closers_own_segment_is_last_and_weighs_close_weight_at_every_step():
+    extra = ExtraSegment("perception", "<p>", "</p>", 0.2, 0.4)
+    own = ScaleOptions(think_close_segment="own", close_weight=0.3, extra_segments=(extra,))
+    assert own.segment_names == ("think", "answer", "perception", "close")
+    for step in (0, 4, 9):
+        think, answer, perception, close = segment_weights(step, 10, own)
+        assert close == 0.3 and math.isclose(think + answer, 1.0)
+    assert segment_weights(0, 10, own)[:3] == pytest.approx((0.9, 0.1, 0.2))
+    assert len(segment_weights(0, 10, ScaleOptions(think_close_segment="answer"))) == 2
 
 
 def test_from_dict_with_prefix_rejects_unknown_keys():
@@ -111,12 +126,17 @@ def test_option_kinds_follow_the_annotations_not_the_names():
         assert opt.host_default == (None if opt.is_list else getattr(defaults, opt.name)), opt.name
         if opt.bounds is not None:
             lo, hi = opt.bounds
-            ScaleOptions(**{opt.name: lo}), ScaleOptions(**{opt.name: hi})
+            context = dict([opt.requires]) if opt.requires else {}
+            ScaleOptions(**context, **{opt.name: lo}), ScaleOptions(**context, **{opt.name: hi})
             for bad in (lo - 0.01, hi + 0.01):
                 with pytest.raises(ScaleConfigError, match=opt.name):
-                    ScaleOptions(**{opt.name: bad})
+                    ScaleOptions(**context, **{opt.name: bad})
     assert [o.name for o in option_fields() if o.is_list] == ["extra_segments"]
-    assert {o.name for o in option_fields() if o.bounds} == {"answer_weight_start", "answer_weight_end", "step_at"}
+    bounded = {"answer_weight_start", "answer_weight_end", "step_at", "close_weight"}
+    assert {o.name for o in option_fields() if o.bounds} == bounded
+    assert {o.name: o.requires for o in option_fields() if o.requires} == {
+        "close_weight": ("think_close_segment", "own")
+    }
     assert [f.name for f in dataclasses.fields(ScaleOptions)] == [o.name for o in option_fields()]
 
 

@@ -130,7 +130,13 @@ def chat_parts(messages: list[dict], prompt_suffix: str = "") -> list[tuple[str,
 ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
 EMPTY = -1  # characters of an empty think block (left out with empty_think="ignore")
 # A token holding characters of several segments takes the highest: answer, an extra segment (2), think, empty.
-PRIORITY = {ANSWER: 3, THINK: 1, EMPTY: 0}
+PRIORITY = {ANSWER: 3, THINK: 1, EMPTY: 0}  # extra segments: 2, the later one first
+
+
+def closer_segment(options: ScaleOptions) -> int:
+    """Where a closed block's closer goes when it is not think: answer, or the closer's own segment, numbered after
+    the extra segments (think 1, answer 2, extras 3 .. 2 + E, close 3 + E)."""
+    return ANSWER if options.think_close_segment == "answer" else 3 + len(options.extra_segments)
 
 
 def _char_spans(
@@ -198,8 +204,8 @@ def reference_segments(
                 a = 0 if a is None else a
                 b = len(run) if b is None else b
                 char_seg[a:b] = [value] * (b - a)
-                if segment == THINK and closed and not ignored and options.think_close_segment == "answer":
-                    char_seg[b - len(close_tag) : b] = [ANSWER] * len(close_tag)
+                if segment == THINK and closed and not ignored and options.think_close_segment != "think":
+                    char_seg[b - len(close_tag) : b] = [closer_segment(options)] * len(close_tag)
         for t in range(i, j):
             chars = range(max(offsets[t][0], lo_whole) - lo_whole, min(offsets[t][1], hi_whole) - lo_whole)
             votes = [char_seg[c] for c in chars if run[c] not in whitespace]
@@ -249,6 +255,7 @@ def text_of(enc: Encoded, seg: list[int], segment: int) -> str:
 OPTS = ScaleOptions()
 OPTS_EXTRA = ScaleOptions(extra_segments=(PERCEPTION,))
 OPTS_CLOSE = ScaleOptions(think_close_segment="answer", extra_segments=(PERCEPTION,))
+OPTS_OWN = ScaleOptions(think_close_segment="own", extra_segments=(PERCEPTION,))
 OPTS_KIMI = ScaleOptions(think_open="◁think▷", think_close="◁/think▷", extra_segments=(PERCEPTION,), ignore_index=-1)
 SYSTEM = {"role": "system", "content": "You are a helpful assistant. Think in <think> tags, answer in <answer> tags."}
 
@@ -443,6 +450,31 @@ def test_closer_as_answer_keeps_truncated_and_empty_blocks(tok, table: TokenTabl
     )
     seg = check(table, closing, orphan)
     assert "</think" not in text_of(orphan, seg, THINK) and "think>" in text_of(orphan, seg, ANSWER)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "<think>compare 9.11 and 9.9 digit by digit.</think>The answer is 9.9",
+        "<think>two cases.</think>\n<answer>B</answer>",
+        "<think>a</think>B",
+        "<think>one</think> mid <think>two</think> end",
+    ],
+)
+def test_closer_as_its_own_segment(tok, table: TokenTable, content: str) -> None:
+    """think_close_segment='own': the tokens 'answer' moves to the answer go to the segment 'close' instead (id 3
+    here, after no extra segment), the rest is unchanged; with an extra segment declared, close comes after it."""
+    enc = encode_parts(tok, chat_parts([user("Which is larger?"), assistant(content)]))
+    as_answer = check(table, ScaleOptions(think_close_segment="answer"), enc)
+    own = check(table, ScaleOptions(think_close_segment="own"), enc)
+    as_think = check(table, OPTS, enc)
+    moved = [t for t, (a, b) in enumerate(zip(as_think, as_answer)) if a != b]
+    assert moved and [own[t] for t in moved] == [3] * len(moved)
+    assert all(own[t] == as_answer[t] for t in range(len(own)) if t not in moved)
+    assert "</" in text_of(enc, own, 3) and "<think" not in text_of(enc, own, 3)
+    assert ScaleOptions(think_close_segment="own").segment_names == ("think", "answer", "close")
+    with_extra = check(table, OPTS_OWN, enc)
+    assert [with_extra[t] for t in moved] == [4] * len(moved) and OPTS_OWN.segment_names[3] == "close"
 
 
 def test_answer_only(tok, table: TokenTable) -> None:
@@ -701,7 +733,7 @@ def test_property_tagger_equals_reference(tokenizers: dict, tables: dict, case) 
                 mask = enc.supervised
             sup = [m and t >= n_prefix for t, m in enumerate(mask)]
             samples.append(enc.with_mask(sup))
-        for options in (OPTS, OPTS_EXTRA, OPTS_CLOSE, OPTS_KIMI):
+        for options in (OPTS, OPTS_EXTRA, OPTS_CLOSE, OPTS_OWN, OPTS_KIMI):
             for s in samples:
                 check(table, options, s)
             if samples:
@@ -899,12 +931,15 @@ BATCH_OPTIONS = [
     ScaleOptions(empty_think="think"),
     OPTS_EXTRA,
     OPTS_CLOSE,
+    OPTS_OWN,
     ScaleOptions(think_close_segment="answer", empty_think="think"),
+    ScaleOptions(think_close_segment="own", empty_think="think"),
     OPTS_KIMI,
     ScaleOptions(think_open="aba", think_close="bab", extra_segments=(ExtraSegment("ab", "ab", "ba"),)),
     ScaleOptions(think_open="<t", think_close="<t>", think_close_segment="answer"),
     ScaleOptions(think_open="a", think_close="aa", extra_segments=(ExtraSegment("b", "b", "bb"),)),
     ScaleOptions(extra_segments=(PERCEPTION, *MANY_EXTRAS)),
+    ScaleOptions(think_close_segment="own", extra_segments=(PERCEPTION, *MANY_EXTRAS)),
 ]
 
 
@@ -922,8 +957,8 @@ def plain_run_segments(data: bytes, lengths: list[int], options: ScaleOptions) -
             closed = b is not None
             a, b = (a or 0), (len(data) if b is None else b)
             byte_seg[a:b] = [EMPTY if ignored else segment] * (b - a)
-            if segment == THINK and closed and not ignored and options.think_close_segment == "answer":
-                byte_seg[b - len(c) : b] = [ANSWER] * len(c)
+            if segment == THINK and closed and not ignored and options.think_close_segment != "think":
+                byte_seg[b - len(c) : b] = [closer_segment(options)] * len(c)
     out, pos = [], 0
     for n in lengths:
         own = range(pos, pos + n)

@@ -213,7 +213,13 @@ def test_closing_tag_setting_is_a_dropdown_that_reaches_the_training_args(ui, ti
     engine, _ = ui
     control = engine.manager.get_elem_by_id("train.scale_think_close_segment")
     assert isinstance(control, gr.Dropdown)
-    assert [value for _, value in control.choices] == ["think", "answer"] and control.value == "think"
+    assert [value for _, value in control.choices] == ["think", "answer", "own"] and control.value == "think"
+    weight = engine.manager.get_elem_by_id("train.scale_close_weight")
+    assert isinstance(weight, gr.Number) and weight.value == 0.5
+    own = engine.runner._parse_train_args(
+        _form(engine, tiny, tmp_path / "out", train__scale_think_close_segment="own", train__scale_close_weight=0.25)
+    )
+    assert (own["scale_think_close_segment"], own["scale_close_weight"]) == ("own", 0.25)
     labels = {lang: entry["label"] for lang, entry in LOCALES["scale_think_close_segment"].items()}
     assert labels["en"] == "Closing tag trained as" and len(set(labels.values())) == 5
     args = engine.runner._parse_train_args(

@@ -232,3 +232,38 @@ def test_closing_tag_as_answer_through_the_trainer(tmp_path, tokenizer):
     assert bool(((segments["answer"] == 1).sum(dim=1) == (segments["think"] == 1).sum(dim=1) - moved.sum(dim=1)).all())
     trainer.train()
     assert all(math.isfinite(r["loss"]) for r in trainer.state.log_history if "loss" in r)
+
+
+def test_closing_tag_as_its_own_segment_through_the_trainer(tmp_path, tokenizer):
+    """scale_think_close_segment='own' with scale_close_weight: the closer's tokens (the ones 'answer' moves) are
+    segment 3, and training logs the segment 'close' with its constant weight next to think and answer."""
+    import datasets
+
+    data = datasets.Dataset.from_list(helpers.dataset(8))
+    segments, trainers = {}, {}
+    for setting, extra in (("answer", {}), ("own", {"scale_close_weight": 0.25})):
+        trainer = ScaleSFTTrainer(
+            model=helpers.model(tokenizer),
+            args=helpers.config(
+                ScaleSFTConfig,
+                tmp_path / setting,
+                per_device_train_batch_size=8,
+                max_steps=2,
+                logging_steps=1,
+                scale_think_close_segment=setting,
+                **extra,
+            ),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
+        batches, _ = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 1, trainer.args.device)
+        segments[setting], trainers[setting] = batches[0]["scale_segments"].segment_ids, trainer
+    moved = segments["answer"] != segments["own"]
+    assert (
+        bool(moved.any()) and bool((segments["own"][moved] == 3).all()) and bool((segments["answer"][moved] == 2).all())
+    )
+    trainer = trainers["own"]
+    trainer.train()
+    logged = [r for r in trainer.state.log_history if "scale/close_loss" in r]
+    assert len(logged) == 2 and all(r["scale/close_weight"] == 0.25 and r["scale/close_tokens"] > 0 for r in logged)
+    assert all(math.isfinite(r["scale/close_loss"]) and "scale/answer_loss" in r for r in logged)

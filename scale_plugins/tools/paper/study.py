@@ -32,6 +32,11 @@ The rules (written down before any SCALe run of the powered study, ``DESIGNS["po
    rate), and every GRPO arm uses it. The report gives the wall time of SFT + GRPO against SCALe-SFT's.
 6. **The closing-tag default**: on the dev split (seed 0, every family and budget), the ``think_close_segment``
    setting with fewer malformed outputs wins, ties to the higher dev accuracy, then to ``think`` (unchanged).
+7. **The closing-tag study** (``DESIGNS["closing"]``, fixed before any run of ``think_close_segment=own``): at 24
+   SFT steps, where the powered study's only skipped closer was, every setting (``think``, ``answer``, ``own``) and
+   vanilla on seeds 0-5 of both families; the default is the setting with the fewest dev completions that skip the
+   closer (stop or answer without closing the trace; a trace cut by the generation limit is not counted), summed
+   over seeds and families, ties to more correct dev answers, then to ``think`` (:func:`closing_tag_default`).
 
 No machine rates in code: the time estimate comes from a step, a load and a generation measured on the machine.
 """
@@ -75,6 +80,7 @@ ARMS: dict[str, Arm] = {
     "sft": Arm("vanilla SFT", "sft"),
     "scale_sft": Arm("SCALe-SFT (defaults)", "scale_sft"),
     "scale_close": Arm("SCALe-SFT, closer as answer", "scale_sft", (("think_close_segment", "answer"),)),
+    "scale_own": Arm("SCALe-SFT, closer as own segment", "scale_sft", (("think_close_segment", "own"),)),
     "sft_const": Arm("vanilla SFT, constant LR", "sft", lr_scheduler="constant_with_warmup"),
     "scale_const": Arm("SCALe-SFT, constant LR", "scale_sft", lr_scheduler="constant_with_warmup"),
     "scale_token": Arm("SCALe-SFT, token norm.", "scale_sft", (("normalization", "token"),)),
@@ -84,10 +90,11 @@ ARMS: dict[str, Arm] = {
 COSINE_ARMS = ("sft", "scale_sft", "scale_close")
 CONST_ARMS = ("sft_const", "scale_const")
 #: the paired differences reported: (arm, baseline); the last one is the paper's "SCALe-SFT as good as SFT + GRPO"
-PAIRS = (("scale_sft", "sft"), ("scale_close", "sft"), ("scale_close", "scale_sft"), ("scale_const", "sft_const"),
-         ("scale_token", "sft"), ("scale_sft_grpo", "sft_grpo"), ("scale_sft", "sft_grpo"))  # fmt: skip
+PAIRS = (("scale_sft", "sft"), ("scale_close", "sft"), ("scale_close", "scale_sft"), ("scale_own", "sft"),
+         ("scale_own", "scale_sft"), ("scale_const", "sft_const"), ("scale_token", "sft"),
+         ("scale_sft_grpo", "sft_grpo"), ("scale_sft", "sft_grpo"))  # fmt: skip
 REGIMES = {"mc": "answer-bound", "arith": "trace-bound", "arith_small": "trace-bound", "user": "your data"}
-COLOURS = {"zero_shot": "tab:gray", "sft": "tab:blue", "scale_sft": "tab:orange", "scale_close": "tab:red", "sft_const": "tab:cyan",
+COLOURS = {"zero_shot": "tab:gray", "sft": "tab:blue", "scale_sft": "tab:orange", "scale_close": "tab:red", "scale_own": "tab:green", "sft_const": "tab:cyan",
            "scale_const": "tab:brown", "scale_token": "tab:olive", "sft_grpo": "tab:purple",
            "scale_sft_grpo": "tab:pink"}  # fmt: skip
 #: the metrics of every run besides accuracy and the malformed / dropped-closer rates (which come from the
@@ -267,6 +274,22 @@ DESIGNS: dict[str, Design] = {
         claim_seeds=3,
         const_seeds=0,
         arms=("sft", "scale_sft", "scale_close"),
+        const_arms=(),
+    ),
+    # docs/results.md, the closing tag (rule 7): the powered design's families, sizes and rate rule at 24 SFT steps,
+    # where its only skipped closer was, 6 seeds of vanilla and of each think_close_segment setting (per setting 576
+    # dev and 2,400 held-out completions); the runs the powered study already made here are reused (study --reuse
+    # docs/results/smollm2.json)
+    "closing": dataclasses.replace(
+        _POWERED,
+        budgets=(24,),
+        claim_budget=24,
+        seeds=tuple(range(6)),
+        max_claim_seeds=0,
+        precision_arms=(),
+        precision_budgets=(),
+        const_seeds=0,
+        arms=("sft", "scale_sft", "scale_close", "scale_own"),
         const_arms=(),
     ),
     # docs/results.md, the headline ("SCALe-SFT alone matches SFT + GRPO at about a seventh of the time; SCALe-SFT +
@@ -647,10 +670,15 @@ def held_by_others(path: Path) -> set[str]:
         return {k for k, v in _live_claims(path).items() if not _mine(v)}
 
 
-def _check_design(data: dict[str, Any], design_name: str, design: Design, path: Path) -> None:
-    """One results file = one design on one kind of device and precision (paired runs must not differ in them)."""
+def _trains_on(design: Design) -> tuple[str, str]:
+    """(device, precision) the runs of ``design`` train in on this machine (``--precision`` included)."""
     from .common import on_cuda
 
+    return ("cuda" if on_cuda() else "cpu", MODELS[design.model].precision())
+
+
+def _check_design(data: dict[str, Any], design_name: str, design: Design, path: Path) -> None:
+    """One results file = one design on one kind of device and precision (paired runs must not differ in them)."""
     saved = data.get("design")
     if saved is not None and saved.get("fingerprint") != design.fingerprint():
         raise SystemExit(
@@ -658,7 +686,7 @@ def _check_design(data: dict[str, Any], design_name: str, design: Design, path: 
             f"use a new results file for design {design_name!r} (study: --results; bench-paper: --output-dir, or "
             "leave out --resume to start afresh)"
         )
-    here = ("cuda" if on_cuda() else "cpu", MODELS[design.model].precision())
+    here = _trains_on(design)
     there = {(r["device"], r["precision"]) for r in data.get("runs", [])}
     if there and there != {here}:
         raise SystemExit(
@@ -681,6 +709,39 @@ def append_run(path: Path, design_name: str, design: Design, record: dict[str, A
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
         tmp.replace(path)
+
+
+def reuse_runs(source: str | Path, design_name: str, design: Design, results: str | Path | None = None) -> int:
+    """Copy into ``results`` (default: the design's own file) the runs of ``source`` that ``design`` plans and that
+    ``results`` lacks; returns how many. ``source`` must hold a design with the same fingerprint (its runs are then
+    the runs this design would make: same data, rate rule, seeds and arms' settings), and its runs' device and
+    precision must match this file's (:func:`_check_design`). Each copy records ``reused_from``: the source's design
+    name. The plan's precision rule sees the copies like any run."""
+    src = load(Path(source))
+    saved = src.get("design") or {}
+    if saved.get("fingerprint") != design.fingerprint():
+        raise SystemExit(
+            f"{source} holds runs of design {saved.get('name')!r} with another fingerprint ({saved.get('fingerprint')}) "
+            f"than {design_name!r} ({design.fingerprint()}): its runs are not this design's runs"
+        )
+    path = Path(results or default_results_path(design, design_name))
+    copied = 0
+    while True:  # the plan can grow as runs arrive (the precision rule): copy until nothing more matches
+        runs = load(path).get("runs", [])
+        wanted = [p for p in plan(design, runs=runs) if not is_done(p, runs)]
+        new = [r for r in src.get("runs", []) if any(is_done(p, [r]) for p in wanted)]
+        new = [r for r in new if r["key"] not in {x["key"] for x in runs}]
+        if not new:
+            return copied
+        here = _trains_on(design)
+        for record in new:
+            if (record["device"], record["precision"]) != here:
+                raise SystemExit(f"{source}: run {record['key']} was made on {record['device']} {record['precision']}; "
+                                 f"this design trains on {here[0]} {here[1]} here (paired runs must not differ in "
+                                 "device or precision; study --precision)")  # fmt: skip
+            append_run(path, design_name, design, {**record, "reused_from": saved.get("name")})
+            runs = load(path)["runs"]
+            copied += 1
 
 
 # -- choosing the rate and the closing-tag default (vanilla only / dev split only) ----------------------------
@@ -757,6 +818,33 @@ def closing_tag_choice(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         "answer": answer,
         "chosen": "answer" if better else "think",
     }
+
+
+SETTING_ARMS = {"think": "scale_sft", "answer": "scale_close", "own": "scale_own"}
+
+
+def closing_tag_default(runs: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:
+    """Rule 7 (the closing-tag study): over the seeds and families where every ``think_close_segment`` setting has a
+    dev result at ``budget``, the setting with the fewest dev completions that skip the closer (``dev_dropped_closer``
+    minus ``dev_cut_at_limit``: stopped or answered without closing the trace), then the most correct dev answers,
+    then ``think``. None until some seed has all three."""
+    by = {(r["family"], r["seed"], r["arm"]): r for r in runs if r["sft_steps"] == budget and r.get("dev_n")}
+    cells = sorted({(f, s) for f, s, _ in by if all((f, s, a) in by for a in SETTING_ARMS.values())})
+    if not cells:
+        return None
+    total = {}
+    for setting, arm in SETTING_ARMS.items():
+        rows = [by[f, s, arm] for f, s in cells]
+        total[setting] = {
+            "dev_skipped": sum(
+                round((r["dev_dropped_closer_rate"] - r.get("dev_cut_at_limit_rate", 0.0)) * r["dev_n"]) for r in rows
+            ),
+            "dev_correct": sum(round(r["dev_accuracy"] * r["dev_n"]) for r in rows),
+            "dev_n": sum(r["dev_n"] for r in rows),
+        }
+    order = list(SETTING_ARMS)  # ties: the earlier setting, think first
+    chosen = min(order, key=lambda k: (total[k]["dev_skipped"], -total[k]["dev_correct"], order.index(k)))
+    return {"cells": [list(c) for c in cells], **total, "chosen": chosen}
 
 
 # -- one run ----------------------------------------------------------------------------------------------------
@@ -1484,7 +1572,7 @@ def _dropped_closer_lines(
     every seed and family, with the families they came from and, where the runs recorded it (``cut_at_limit``), how
     many of them the generation limit cut (a trace that ran out of room, not a skipped closer); the closing-tag
     default must not leave any skipped closer."""
-    arms = [a for a in ("sft", "scale_sft", "scale_close") if any(k[2] == a for k in cells)]
+    arms = [a for a in ("sft", "scale_sft", "scale_close", "scale_own") if any(k[2] == a for k in cells)]
     rows, unknown_cause = [], False
     for budget in budgets:
         row = []
@@ -1663,7 +1751,8 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
             at = design["claim_budget"] if design["claim_budget"] in with_data else max(with_data)
             lines += ["", f"Diagnostics at {at} steps (mean over seeds):", "", *_diagnostics(cells, family, at)]
             lines += _follows_trace_lines(cells, family, at)
-    choice = closing_tag_choice(runs)
+    # rule 6 (seed 0, every budget) belongs to the designs without the own-segment arm; rule 7 replaces it there
+    choice = closing_tag_choice(runs) if "scale_own" not in design["arms"] else None
     every = len(design["families"]) * len(budgets)  # the rule's cells: every family and budget
     if choice is not None:
         lines += [
@@ -1678,6 +1767,22 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                 else "."
             ),
         ]
+    default = closing_tag_default(runs, design["claim_budget"]) if "scale_own" in design["arms"] else None
+    if default is not None:
+        seeds = len(design["seeds"]) if design.get("seeds") is not None else design["claim_seeds"]
+        done = len(default["cells"])
+        lines += [
+            "",
+            f"**Closing-tag default** (rule 7: dev split, {design['claim_budget']} steps, {done} seed x family cells "
+            "with every setting; completions that skip the closer, then correct answers): "
+            + "; ".join(
+                f"`{k}`: {default[k]['dev_skipped']} skipped of {default[k]['dev_n']}, {default[k]['dev_correct']} "
+                "correct" for k in SETTING_ARMS
+            )
+            + f" -> `{default['chosen']}`"
+            + (f" (provisional: {done} of {seeds * len(design['families'])} cells so far)." if done < seeds *
+               len(design["families"]) else "."),
+        ]  # fmt: skip
     lines += _dropped_closer_lines(cells, families, budgets, design.get("max_new_tokens"))
     summary = summarize(all_pairs, design, {f: claim_seed_count(design_obj, runs, f) for f in families})
     lines += ["", "**What the data say:** " + summary]
@@ -1685,7 +1790,8 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
         key = results_key(design.get("name", "powered"), design.get("model", "smollm2"))
         image = image or f"img/results_{key}_curve.png"
         lines += ["", f"![accuracy vs SFT budget and wall time]({image})"]
-    return {"markdown": "\n".join(lines) + "\n", "summary": summary, "pairs": all_pairs, "closing_tag": choice}
+    return {"markdown": "\n".join(lines) + "\n", "summary": summary, "pairs": all_pairs, "closing_tag": choice,
+            "closing_default": default}  # fmt: skip
 
 
 def _processor_text(runs: list[dict[str, Any]]) -> str:
@@ -1788,7 +1894,7 @@ def _time_ratio_lines(cells: dict, family: str, budgets: list[int]) -> list[str]
 
 
 #: the further arms a regime's sentence names, after SCALe-SFT − vanilla SFT: (arm, baseline, words)
-_ALSO = (("scale_close", "sft", "with the closer as answer"),
+_ALSO = (("scale_close", "sft", "with the closer as answer"), ("scale_own", "sft", "with the closer as its own segment"),
          ("scale_const", "sft_const", "with a constant learning rate for both arms"),
          ("scale_token", "sft", "with token normalization"), ("scale_sft_grpo", "sft_grpo", "after GRPO"),
          ("scale_sft", "sft_grpo", "against vanilla SFT + GRPO"))  # fmt: skip
