@@ -268,7 +268,7 @@ def test_minimal_scale_config_is_valid():
 def test_equal_tags_are_rejected():
     with pytest.raises(Exception) as info:
         validate(minimal(**scale_keys(think_open="<t>", think_close="<t>")))
-    assert rejected_keys(info.value) == ["scale_think_open/scale_think_close"]
+    assert rejected_keys(info.value) == ["scale_think_open", "scale_think_close"]
 
 
 def test_unknown_loss_is_rejected():

@@ -215,7 +215,7 @@ def test_closing_tag_setting_is_a_dropdown_that_reaches_the_training_args(ui, ti
     assert isinstance(control, gr.Dropdown)
     assert [value for _, value in control.choices] == ["think", "answer", "own"] and control.value == "think"
     weight = engine.manager.get_elem_by_id("train.scale_close_weight")
-    assert isinstance(weight, gr.Number) and weight.value == 0.5
+    assert isinstance(weight, gr.Slider) and weight.value == 0.5 and (weight.minimum, weight.maximum) == (0.0, 1.0)
     own = engine.runner._parse_train_args(
         _form(engine, tiny, tmp_path / "out", train__scale_think_close_segment="own", train__scale_close_weight=0.25)
     )
