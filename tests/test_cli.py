@@ -30,10 +30,14 @@ def test_schedule_table_and_plot(tmp_path, capsys):
 def test_schedule_rejects_bad_options(capsys):
     with pytest.raises(SystemExit):
         main(["schedule", "--schedule", "exp"])
-    from scale_plugins.core import ScaleConfigError
-
-    with pytest.raises(ScaleConfigError, match="answer_weight_end"):
-        main(["schedule", "--answer-weight-end", "3"])
+    capsys.readouterr()
+    assert main(["schedule", "--answer-weight-end", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scale-plugins schedule: error: answer_weight_end: 3.0 is out of range") and "Trace" not in err
+    assert main(["schedule", "--close-weight", "0.2"]) == 2
+    assert "exists only with think_close_segment 'own'" in capsys.readouterr().err
+    assert main(["schedule", "--max-steps", "4", "--think-close-segment", "own", "--close-weight", "0.2"]) == 0
+    assert "close_weight" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("tokenizer", ["builtin:qwen2.5", "builtin:qwen3"])

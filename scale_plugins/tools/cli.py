@@ -196,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line as given (bench-paper records it in its report)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return int(args.func(args) or 0)
+    from ..core import ScaleConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ScaleConfigError as err:  # a bad SCALe option: its message names the option, no traceback
+        print(f"scale-plugins {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
