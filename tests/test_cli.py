@@ -33,7 +33,9 @@ def test_schedule_rejects_bad_options(capsys):
     capsys.readouterr()
     assert main(["schedule", "--answer-weight-end", "3"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("scale-plugins schedule: error: answer_weight_end: 3.0 is out of range") and "Trace" not in err
+    assert (
+        err.startswith("scale-plugins schedule: error: answer_weight_end: 3.0 is out of range") and "Trace" not in err
+    )
     assert main(["schedule", "--close-weight", "0.2"]) == 2
     assert "exists only with think_close_segment 'own'" in capsys.readouterr().err
     assert main(["schedule", "--max-steps", "4", "--think-close-segment", "own", "--close-weight", "0.2"]) == 0
