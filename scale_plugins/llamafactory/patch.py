@@ -263,6 +263,16 @@ def _patch_launcher() -> None:
 LOGGED_PREFIXES = ("scale/", "eval_scale/")
 #: ... and shows in the web UI's running log, next to its own loss line.
 _SHOWN = ("scale/think_loss", "scale/answer_loss", "scale/think_weight", "scale/answer_weight")
+#: ... and, where the run has it (think_close_segment: own), the closer's segment
+_SHOWN_IF_THERE = ("scale/close_loss", "scale/close_weight")
+
+
+def shown_line(metrics: dict[str, Any]) -> str | None:
+    """The line the web UI's running log gets for one log entry's ``scale/*`` metrics (None without SCALe's)."""
+    if not all(key in metrics for key in _SHOWN):
+        return None
+    shown = _SHOWN + tuple(key for key in _SHOWN_IF_THERE if key in metrics)
+    return "{" + ", ".join(f"'{key}': {metrics[key]:.4f}" for key in shown) + "}"
 
 
 class _AddToWrittenLog:
@@ -296,8 +306,9 @@ def _patch_log_callback() -> None:
         finally:
             if self.thread_pool is not pool and isinstance(self.thread_pool, _AddToWrittenLog):
                 self.thread_pool = pool
-        if self.webui_mode and args.should_save and "loss" in entry and all(key in extra for key in _SHOWN):
-            _logger().info("{" + ", ".join(f"'{key}': {extra[key]:.4f}" for key in _SHOWN) + "}")
+        line = shown_line(extra)
+        if self.webui_mode and args.should_save and "loss" in entry and line is not None:
+            _logger().info(line)
         return result
 
     install(LogCallback, "on_log", on_log, original)

@@ -133,6 +133,8 @@ PLOTTED = (
     ("scale/answer_loss", "answer loss", False),
     ("scale/think_weight", "think weight", True),
     ("scale/answer_weight", "answer weight", True),
+    ("scale/close_loss", "closer loss", False),  # think_close_segment: own
+    ("scale/close_weight", "closer weight", True),
 )
 
 
@@ -147,7 +149,9 @@ def _patch_loss_plot() -> None:
         ax = fig.axes[0]
         steps = [log["current_steps"] for log in entries]
         weights = ax.twinx()
-        for (key, label, is_weight), color in zip(PLOTTED, ("#d62728", "#2ca02c", "#d62728", "#2ca02c"), strict=True):
+        for (key, label, is_weight), color in zip(
+            PLOTTED, ("#d62728", "#2ca02c", "#d62728", "#2ca02c", "#1f77b4", "#1f77b4"), strict=True
+        ):
             values = [log.get(key) for log in entries]
             if any(v is None for v in values):
                 continue

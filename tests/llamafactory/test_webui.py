@@ -250,8 +250,24 @@ def test_loss_plot_shows_the_scale_losses_and_weights(ui):
     assert weight_axis.get_ylim() == (0.0, 1.0)
     legend = [text.get_text() for text in loss_axis.get_legend().get_texts()]
     assert legend == ["original", "smoothed", "think loss", "answer loss", "think weight", "answer weight"]
+    own = control.gen_loss_plot([{**entry, "scale/close_loss": 0.3, "scale/close_weight": 0.5} for entry in log])
+    assert [line.get_label() for line in own.axes[0].lines][-1] == "closer loss"
+    assert [line.get_label() for line in own.axes[1].lines] == ["think weight", "answer weight", "closer weight"]
     stock = control.gen_loss_plot([{"current_steps": 1, "loss": 2.0}, {"current_steps": 2, "loss": 1.0}])
     assert len(stock.axes) == 1  # a run without SCALe: LLaMA-Factory's plot
+
+
+def test_the_running_log_line_adds_the_closer_segment_where_the_run_has_it():
+    from scale_plugins.llamafactory.patch import shown_line
+
+    base = {"scale/think_loss": 1.0, "scale/answer_loss": 0.5, "scale/think_weight": 0.9, "scale/answer_weight": 0.1}
+    assert shown_line(base) == (
+        "{'scale/think_loss': 1.0000, 'scale/answer_loss': 0.5000, 'scale/think_weight': 0.9000, "
+        "'scale/answer_weight': 0.1000}"
+    )
+    own = shown_line({**base, "scale/close_loss": 0.25, "scale/close_weight": 0.5})
+    assert own is not None and own.endswith(", 'scale/close_loss': 0.2500, 'scale/close_weight': 0.5000}")
+    assert shown_line({"scale/think_loss": 1.0}) is None
 
 
 def test_saved_config_keeps_the_scale_settings(ui, tiny, tmp_path):
