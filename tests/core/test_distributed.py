@@ -1,4 +1,5 @@
-"""2 ranks x 2 micro-batches x 2 samples over gloo == one batch of 8, for both normalizations."""
+"""2 ranks x 2 micro-batches x 2 samples over gloo == one batch of 8, for both normalizations, with the closer in
+think or in a segment of its own."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _samples():
 def _step_loss(model, micro_batches, options, world):
     tagger = tagger_for(options)
     segs = [tagger.tag(lab) for _, lab in micro_batches]
-    acc = StepCounts(2)
+    acc = StepCounts(len(options.segment_names))
     for s in segs:
         acc.add(s)
     counts = acc.all_reduce()  # every rank joins, whatever it holds
@@ -52,11 +53,15 @@ def _step_loss(model, micro_batches, options, world):
     return loss * world  # DDP averages gradients over ranks
 
 
-def _worker(rank, world, port, normalization, out_dir):
+def _options(normalization: str, closer: str) -> ScaleOptions:
+    return ScaleOptions(normalization=normalization, think_close_segment=closer)
+
+
+def _worker(rank, world, port, normalization, closer, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        options = ScaleOptions(normalization=normalization)
+        options = _options(normalization, closer)
         model = ContextFreeLM()
         mine = _samples()[rank * 4 : (rank + 1) * 4]
         micro = [pad_batch(mine[i : i + 2]) for i in (0, 2)]
@@ -81,12 +86,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize("closer", ["think", "own"])
 @pytest.mark.parametrize("normalization", ["sample", "token"])
-def test_two_ranks_match_one_batch(tmp_path, normalization):
-    options = ScaleOptions(normalization=normalization)
+def test_two_ranks_match_one_batch(tmp_path, normalization, closer):
+    options = _options(normalization, closer)
     model = ContextFreeLM()
     full = torch.autograd.grad(_step_loss(model, [pad_batch(_samples())], options, 1), list(model.parameters()))
-    mp.spawn(_worker, args=(2, _free_port(), normalization, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), normalization, closer, str(tmp_path)), nprocs=2, join=True)
     ranks = torch.load(tmp_path / "grads.pt")
     for a, b in zip(full, ranks):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
