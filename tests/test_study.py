@@ -223,6 +223,18 @@ def test_closing_study_default_rule_fewest_skipped_closers_then_correct_then_thi
     assert study.closing_tag_default(runs, 48) is None
 
 
+def test_the_closing_design_scores_every_seeds_scale_runs_on_the_dev_split():
+    """Rule 7 counts dev completions over seeds: there every SCALe-SFT run is scored on dev, elsewhere seed 0's."""
+    closing, powered = study.DESIGNS["closing"], study.DESIGNS["powered"]
+    for arm in ("scale_sft", "scale_close", "scale_own"):
+        assert study.evaluates_dev(closing, study.Planned("arith", arm, 3, 24, None))
+        assert not study.evaluates_dev(powered, study.Planned("arith", arm, 3, 24, None))
+        assert study.evaluates_dev(powered, study.Planned("arith", arm, 0, 24, None))
+    assert not study.evaluates_dev(closing, study.Planned("arith", "sft", 3, 24, None))
+    assert study.evaluates_dev(closing, study.Planned("arith", "sft", 0, 24, 5e-4, tuning=True))
+    assert not study.evaluates_dev(closing, study.Planned("mc", "scale_sft_grpo", 3, 96, None))
+
+
 def test_closing_design_reuses_the_powered_runs_it_plans(tmp_path, monkeypatch):
     """The closing study has the powered study's fingerprint, so --reuse copies the powered runs it plans (and only
     those) with reused_from; a source of another fingerprint or another precision is refused."""

@@ -37,6 +37,8 @@ The rules (written down before any SCALe run of the powered study, ``DESIGNS["po
    vanilla on seeds 0-5 of both families; the default is the setting with the fewest dev completions that skip the
    closer (stop or answer without closing the trace; a trace cut by the generation limit is not counted), summed
    over seeds and families, ties to more correct dev answers, then to ``think`` (:func:`closing_tag_default`).
+   Every seed's SCALe runs are scored on the dev split there (``dev_every_seed``); a reused run of another seed
+   than 0 gets its dev scores from ``study --recheck`` (a rerun that reproduces its held-out results).
 
 No machine rates in code: the time estimate comes from a step, a load and a generation measured on the machine.
 """
@@ -160,6 +162,9 @@ class Design:
     #: the budgets the precision rule watches, each from its own seeds (``claim_seeds`` at the claim budget,
     #: ``curve_seeds`` at the others) up to ``max_claim_seeds``; empty: the claim budget only
     precision_budgets: tuple[int, ...] = ()
+    #: evaluate every seed's SCALe-SFT runs on the dev split, not seed 0's alone (rule 7 counts dev completions over
+    #: seeds); the held-out results do not depend on it
+    dev_every_seed: bool = False
     #: SCALe options of every SCALe arm (``bench-paper --scale-set``), under the arm's own
     scale_options: tuple[tuple[str, Any], ...] = ()
     #: your data (family ``user``): JSONL files and the gold answer column
@@ -291,6 +296,7 @@ DESIGNS: dict[str, Design] = {
         const_seeds=0,
         arms=("sft", "scale_sft", "scale_close", "scale_own"),
         const_arms=(),
+        dev_every_seed=True,
     ),
     # docs/results.md, the headline ("SCALe-SFT alone matches SFT + GRPO at about a seventh of the time; SCALe-SFT +
     # GRPO is best"): the answer-bound family (where vanilla SFT left most room in every study so far), the powered
@@ -988,7 +994,7 @@ def run_one(
                                                             "grpo_prompts_per_step")})  # fmt: skip
     if grpo_history:
         record["grpo_log_history"] = compact_log(grpo_history, GRPO_LOG_KEYS)
-    if dev and (planned.tuning or (planned.seed == 0 and arm.trainer == "scale_sft" and arm.grpo_after is None)):
+    if dev and evaluates_dev(design, planned):
         dev_done, dev_cut = _generate(spec, model, tokenizer, dev, design)
         dev_scored = score(planned.family, dev_done, dev, tokenizer, dev_cut)
         record.update(
@@ -999,6 +1005,14 @@ def run_one(
             dev_cut_at_limit_rate=sum(dev_scored["cut_at_limit"]) / len(dev),
         )
     return record, sft
+
+
+def evaluates_dev(design: Design, planned: Planned) -> bool:
+    """Whether a run is scored on the dev split too: the tuning runs (the rules choose on them) and the SCALe-SFT runs
+    of seed 0 (rule 6), of every seed with ``dev_every_seed`` (rule 7)."""
+    arm = ARMS[planned.arm]
+    scale_sft = arm.trainer == "scale_sft" and arm.grpo_after is None
+    return planned.tuning or (scale_sft and (planned.seed == 0 or design.dev_every_seed))
 
 
 # -- the whole study --------------------------------------------------------------------------------------------
@@ -1438,7 +1452,7 @@ def estimate_seconds(design: Design, missing: list[Planned], splits: dict) -> di
     for p in missing:
         arm = ARMS[p.arm]
         evals = math.ceil(design.n_eval / design.eval_batch_size) + (
-            math.ceil(design.n_dev / design.eval_batch_size) if p.tuning or p.seed == 0 else 0
+            math.ceil(design.n_dev / design.eval_batch_size) if evaluates_dev(design, p) else 0
         )
         sft_again = arm.grpo_after is None or (p.family, p.budget, p.seed, arm.grpo_after) not in planned
         trains = sft_again and arm.trainer != "none"
