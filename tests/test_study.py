@@ -223,6 +223,20 @@ def test_closing_study_default_rule_fewest_skipped_closers_then_correct_then_thi
     assert study.closing_tag_default(runs, 48) is None
 
 
+def test_the_closing_report_states_rule_7_and_how_many_cells_it_rests_on():
+    design = study.DESIGNS["closing"]
+    saved = {"name": "closing", **dataclasses.asdict(design), "fingerprint": design.fingerprint()}
+    runs = [_run(lr=lr, tuning=True, dev=(0.5, 0.0)) for lr in design.lr_grid]
+    for seed in (0, 1):
+        for arm, accuracy in (("scale_sft", 0.5), ("scale_close", 0.75), ("scale_own", 0.25)):
+            runs.append(_run(arm=arm, seed=seed, lr=5e-4, dev=(accuracy, 0.0), dev_dropped_closer_rate=0.0))
+    markdown = study.report({"design": saved, "runs": runs})["markdown"]
+    line = next(line for line in markdown.splitlines() if line.startswith("**Closing-tag default**"))
+    assert "2 seed x family cells" in line and "`answer`: 0 skipped of 8, 6 correct" in line
+    assert line.endswith("-> `answer` (provisional: 2 of 12 cells so far).")
+    assert "rule 6" not in markdown and "seed 0, " not in line
+
+
 def test_the_closing_design_scores_every_seeds_scale_runs_on_the_dev_split():
     """Rule 7 counts dev completions over seeds: there every SCALe-SFT run is scored on dev, elsewhere seed 0's."""
     closing, powered = study.DESIGNS["closing"], study.DESIGNS["powered"]

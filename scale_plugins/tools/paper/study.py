@@ -1784,19 +1784,18 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
     default = closing_tag_default(runs, design["claim_budget"]) if "scale_own" in design["arms"] else None
     if default is not None:
         seeds = len(design["seeds"]) if design.get("seeds") is not None else design["claim_seeds"]
-        done = len(default["cells"])
+        done, every_cell = len(default["cells"]), seeds * len(design["families"])
+        counts = "; ".join(
+            f"`{k}`: {default[k]['dev_skipped']} skipped of {default[k]['dev_n']}, {default[k]['dev_correct']} correct"
+            for k in SETTING_ARMS
+        )
         lines += [
             "",
             f"**Closing-tag default** (rule 7: dev split, {design['claim_budget']} steps, {done} seed x family cells "
-            "with every setting; completions that skip the closer, then correct answers): "
-            + "; ".join(
-                f"`{k}`: {default[k]['dev_skipped']} skipped of {default[k]['dev_n']}, {default[k]['dev_correct']} "
-                "correct" for k in SETTING_ARMS
-            )
-            + f" -> `{default['chosen']}`"
-            + (f" (provisional: {done} of {seeds * len(design['families'])} cells so far)." if done < seeds *
-               len(design["families"]) else "."),
-        ]  # fmt: skip
+            f"with every setting; completions that skip the closer, then correct answers): {counts} -> "
+            f"`{default['chosen']}`"
+            + (f" (provisional: {done} of {every_cell} cells so far)." if done < every_cell else "."),
+        ]
     lines += _dropped_closer_lines(cells, families, budgets, design.get("max_new_tokens"))
     summary = summarize(all_pairs, design, {f: claim_seed_count(design_obj, runs, f) for f in families})
     lines += ["", "**What the data say:** " + summary]
