@@ -720,8 +720,8 @@ def append_run(path: Path, design_name: str, design: Design, record: dict[str, A
 def reuse_runs(source: str | Path, design_name: str, design: Design, results: str | Path | None = None) -> int:
     """Copy into ``results`` (default: the design's own file) the runs of ``source`` that ``design`` plans and that
     ``results`` lacks; returns how many. ``source`` must hold a design with the same fingerprint (its runs are then
-    the runs this design would make: same data, rate rule, seeds and arms' settings), and its runs' device and
-    precision must match this file's (:func:`_check_design`). Each copy records ``reused_from``: the source's design
+    the runs this design would make: same data, rate rule, seeds and arms' settings), and its runs must have been made
+    on the device and in the precision this design trains in here. Each copy records ``reused_from``: the source's design
     name. The plan's precision rule sees the copies like any run."""
     src = load(Path(source))
     saved = src.get("design") or {}
@@ -731,22 +731,21 @@ def reuse_runs(source: str | Path, design_name: str, design: Design, results: st
             f"than {design_name!r} ({design.fingerprint()}): its runs are not this design's runs"
         )
     path = Path(results or default_results_path(design, design_name))
+    here = _trains_on(design)
     copied = 0
     while True:  # the plan can grow as runs arrive (the precision rule): copy until nothing more matches
         runs = load(path).get("runs", [])
         wanted = [p for p in plan(design, runs=runs) if not is_done(p, runs)]
-        new = [r for r in src.get("runs", []) if any(is_done(p, [r]) for p in wanted)]
-        new = [r for r in new if r["key"] not in {x["key"] for x in runs}]
+        have = {r["key"] for r in runs}
+        new = [r for r in src.get("runs", []) if r["key"] not in have and any(is_done(p, [r]) for p in wanted)]
         if not new:
             return copied
-        here = _trains_on(design)
         for record in new:
             if (record["device"], record["precision"]) != here:
                 raise SystemExit(f"{source}: run {record['key']} was made on {record['device']} {record['precision']}; "
                                  f"this design trains on {here[0]} {here[1]} here (paired runs must not differ in "
                                  "device or precision; study --precision)")  # fmt: skip
             append_run(path, design_name, design, {**record, "reused_from": saved.get("name")})
-            runs = load(path)["runs"]
             copied += 1
 
 
@@ -826,7 +825,11 @@ def closing_tag_choice(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-SETTING_ARMS = {"think": "scale_sft", "answer": "scale_close", "own": "scale_own"}
+#: each ``think_close_segment`` setting and the SCALe-SFT arm that trains with it (read from the arms' options)
+SETTING_ARMS = {
+    dict(ARMS[arm].scale_options).get("think_close_segment", "think"): arm
+    for arm in ("scale_sft", "scale_close", "scale_own")
+}
 
 
 def closing_tag_default(runs: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:
@@ -1803,8 +1806,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
         key = results_key(design.get("name", "powered"), design.get("model", "smollm2"))
         image = image or f"img/results_{key}_curve.png"
         lines += ["", f"![accuracy vs SFT budget and wall time]({image})"]
-    return {"markdown": "\n".join(lines) + "\n", "summary": summary, "pairs": all_pairs, "closing_tag": choice,
-            "closing_default": default}  # fmt: skip
+    return {"markdown": "\n".join(lines) + "\n", "summary": summary, "pairs": all_pairs, "closing_tag": choice}
 
 
 def _processor_text(runs: list[dict[str, Any]]) -> str:
