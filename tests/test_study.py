@@ -987,10 +987,12 @@ def test_a_design_fixed_under_another_closing_tag_default_names_its_setting():
     assert f"; with the closer as {study.DEFAULT_CLOSE} (the default) no different on average" in result["summary"]
     assert f"| SCALe-SFT, closer as {other} |" in result["markdown"] and "(defaults)" not in result["markdown"]
     assert f"| SCALe-SFT, closer as {study.DEFAULT_CLOSE} (default) |" in result["markdown"]
+    assert f"ran with `think_close_segment: {other}`, the default when this design was fixed" in result["markdown"]
     now = dataclasses.replace(old, closer=study.DEFAULT_CLOSE)
     result = study.report({"design": {"name": "powered", **dataclasses.asdict(now)}, "runs": runs})
     assert "steps: SCALe-SFT is 5.0 points better" in result["summary"]
     assert "| SCALe-SFT (defaults) |" in result["markdown"] and "(default)" not in result["markdown"]
+    assert "**Closing tag**" not in result["markdown"]
     assert old.fingerprint() != now.fingerprint()
     assert ("closer" in old.fingerprint()) == (other != "think")  # the files of the think-era designs read as before
     assert study.DESIGNS["powered"].closer == study.DESIGNS["closing"].closer == "think"

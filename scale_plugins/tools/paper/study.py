@@ -1732,6 +1732,13 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
         f"{_processor_text(runs)})."
     )
     lines.append("")
+    if design_obj.closer != DEFAULT_CLOSE:
+        lines += [
+            f"**Closing tag**: the SCALe arms without a closing-tag setting of their own ran with "
+            f"`think_close_segment: {design_obj.closer}`, the default when this design was fixed; the default is now "
+            f"`{DEFAULT_CLOSE}` (rule 7, docs/concepts.md).",
+            "",
+        ]
     if len(design["lr_grid"]) == 1:
         lines.append(f"**Learning rate**: {design['lr_grid'][0]:g} for every arm and budget (one rate: no tuning).")
     else:
