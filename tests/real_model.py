@@ -91,8 +91,9 @@ def assert_tags_think_and_answer(
     tokenizer: Any, options: ScaleOptions, input_ids: list[list[int]], labels: list[list[int]], end_of_turn: str
 ) -> None:
     """Every row of the bundled data as the host tokenized it: the supervised tokens are exactly the assistant turn
-    and ``end_of_turn``; SCALe's think tokens decode to exactly its ``<think>...</think>``, its answer tokens to exactly
-    the rest; every supervised token is in a segment and nothing else is; all 512 samples are there."""
+    and ``end_of_turn``; SCALe's think tokens decode to exactly its ``<think>...`` and the closer ``</think>`` where
+    ``think_close_segment`` puts it (think, or the answer's start: the default), its answer tokens to exactly the
+    rest; every supervised token is in a segment and nothing else is; all 512 samples are there."""
     import torch
 
     from scale_plugins.core import SegmentTagger
@@ -109,7 +110,10 @@ def assert_tags_think_and_answer(
         think_block, rest = content.split("</think>")
         segments = tagger.tag(targets, shift=False).segment_ids[0]
         assert tokenizer.decode(ids[targets[0] != -100]) == content + end_of_turn
-        assert tokenizer.decode(ids[segments == THINK]) == think_block + "</think>"
-        assert tokenizer.decode(ids[segments == ANSWER]) == rest + end_of_turn
+        closer = {"think": THINK, "answer": ANSWER}.get(options.think_close_segment, ANSWER + 1)  # own: "close"
+        assert tokenizer.decode(ids[segments == THINK]) == think_block + "</think>" * (closer == THINK)
+        assert tokenizer.decode(ids[segments == ANSWER]) == "</think>" * (closer == ANSWER) + rest + end_of_turn
+        if closer not in (THINK, ANSWER):
+            assert tokenizer.decode(ids[segments == closer]) == "</think>"
         assert torch.equal(segments > 0, targets[0] != -100)
     assert len(seen) == 512

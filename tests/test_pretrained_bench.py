@@ -358,7 +358,7 @@ def _segment_ce_from_logits(model, tokenizer, samples):
     from scale_plugins.tools.inspect import encode_sample
     from scale_plugins.tools.paper.common import through_eos
 
-    tagger = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions())
+    tagger = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions(think_close_segment="think"))
     sums, counts = {1: 0.0, 2: 0.0}, {1: 0, 2: 0}
     with torch.no_grad():
         for sample in samples:  # one at a time: no padding in the reference

@@ -193,6 +193,15 @@ def test_closing_tag_rule_fewer_malformed_then_accuracy_then_think():
     assert study.closing_tag_choice(cell((0.5, 0.25), (0.75, 0.25)))["chosen"] == "answer"
     assert study.closing_tag_choice(cell((0.5, 0.25), (0.5, 0.25)))["chosen"] == "think"
     assert study.closing_tag_choice([_run(arm="scale_sft", dev=(1, 0))]) is None
+    # the report of a design under rule 6 says when rule 7 chose another default
+    for think, answer in (((0.5, 0.0), (0.25, 0.0)), ((0.25, 0.0), (0.5, 0.0))):
+        runs = [_run(lr=1e-3, tuning=True, dev=(0.5, 0.0)), _run(lr=2e-3, tuning=True, dev=(0.25, 0.0))]
+        runs += cell(think, answer)
+        result = study.report({"design": _design_dict(), "runs": runs})
+        chosen = study.closing_tag_choice(runs)["chosen"]
+        assert f"correct -> `{chosen}`" in result["markdown"]
+        replaced = f"Rule 7 (the closing-tag study, docs/concepts.md) replaced this rule: the default is `{study.DEFAULT_CLOSE}`."
+        assert (replaced in result["markdown"]) == (chosen != study.DEFAULT_CLOSE)
 
 
 def test_closing_study_default_rule_fewest_skipped_closers_then_correct_then_think():
@@ -286,6 +295,8 @@ def test_closing_design_reuses_the_powered_runs_it_plans(tmp_path, monkeypatch):
 def _design_dict(**changes):
     import dataclasses
 
+    # SCALe at the package's defaults unless a test says otherwise (the powered study itself ran the closer as think)
+    changes.setdefault("closer", study.DEFAULT_CLOSE)
     design = dataclasses.replace(study.DESIGNS["powered"], lr_grid=(1e-3, 2e-3), **changes)
     return {"name": "powered", **dataclasses.asdict(design), "fingerprint": design.fingerprint()}
 
@@ -575,7 +586,10 @@ def test_docs_account_for_every_unclosed_trace_of_the_committed_runs():
     assert skipped == [("arith/24/scale_sft/seed1/lr0.0015", 87)]
     assert {r["sft_steps"] for r in unclosed} == {24}
     text = " ".join((ROOT / "docs" / "results.md").read_text().split())
-    assert "The one skipped closer is SCALe-SFT at its defaults (`arith`, seed 1, question 87)" in text
+    assert (
+        "The one skipped closer is SCALe-SFT with the closer as think, the defaults then (`arith`, seed 1, question 87)"
+        in text
+    )
     assert "at 48 and 96 steps no arm left a trace unclosed" in text
 
 
@@ -742,7 +756,8 @@ def test_max_runs_bounds_the_runs_of_the_worker_processes_together(
 def _precise_design(**changes):
     # one family, one budget, one rate (no tuning: vanilla's seed 0 is an ordinary run), 3 seeds, up to 5
     settings = dict(families=("mc",), budgets=(96,), claim_budget=96, claim_seeds=3, curve_seeds=3, const_seeds=0,
-                    const_arms=(), lr_grid=(1e-3,), max_claim_seeds=5, precision_arms=(), precision_budgets=())  # fmt: skip
+                    const_arms=(), lr_grid=(1e-3,), max_claim_seeds=5, precision_arms=(), precision_budgets=(),
+                    closer=study.DEFAULT_CLOSE)  # fmt: skip
     return dataclasses.replace(study.DESIGNS["powered"], **{**settings, **changes})
 
 
@@ -965,6 +980,41 @@ def test_summary_reports_the_constant_rate_pair_either_way():
     summary = study.report({**data, "runs": runs + const + worse})["summary"]
     assert "; with a constant learning rate for both arms 10.0 points worse (" in summary
     assert "constant" not in study.report({**data, "runs": runs})["summary"]  # no runs, no words
+
+
+def test_a_design_fixed_under_another_closing_tag_default_names_its_setting():
+    """A design whose SCALe arms ran with a closing-tag setting that is no longer the default (the powered study ran
+    ``think``): its report and summary name that setting instead of calling the arm the defaults, the arm of the
+    default setting says it is the default, and the setting enters the fingerprint (a results file of the other
+    setting is refused) and every run's options."""
+    other = "think" if study.DEFAULT_CLOSE != "think" else "answer"
+    default_arm = "scale_close" if study.DEFAULT_CLOSE == "answer" else "scale_think"
+    old = _precise_design(closer=other, arms=("sft", "scale_sft", default_arm))
+    runs = [r for s in range(3) for r in _seed_runs(s, 0.55, 0.5)]
+    runs += [_run(arm=default_arm, seed=s, budget=96, correct=_correct(0.5)) for s in range(3)]
+    result = study.report({"design": {"name": "powered", **dataclasses.asdict(old)}, "runs": runs})
+    assert (
+        f"`mc` (answer-bound), 96 steps: SCALe-SFT with the closer as {other} is 5.0 points better" in result["summary"]
+    )
+    assert f"; with the closer as {study.DEFAULT_CLOSE} (the default) no different on average" in result["summary"]
+    assert f"| SCALe-SFT, closer as {other} |" in result["markdown"] and "(defaults)" not in result["markdown"]
+    assert f"| SCALe-SFT, closer as {study.DEFAULT_CLOSE} (default) |" in result["markdown"]
+    assert f"ran with `think_close_segment: {other}`, the default when this design was fixed" in result["markdown"]
+    now = dataclasses.replace(old, closer=study.DEFAULT_CLOSE)
+    result = study.report({"design": {"name": "powered", **dataclasses.asdict(now)}, "runs": runs})
+    assert "steps: SCALe-SFT is 5.0 points better" in result["summary"]
+    assert "| SCALe-SFT (defaults) |" in result["markdown"] and "(default)" not in result["markdown"]
+    assert "**Closing tag**" not in result["markdown"]
+    assert old.fingerprint() != now.fingerprint()
+    assert ("closer" in old.fingerprint()) == (other != "think")  # the files of the think-era designs read as before
+    assert study.DESIGNS["powered"].closer == study.DESIGNS["closing"].closer == "think"
+    assert study.DESIGNS["gemma3"].closer == study.DESIGNS["headline"].closer == study.DEFAULT_CLOSE
+    # the options every run trains and records: the design's closer under the design's and the arm's own
+    assert study.arm_options(old, "scale_sft") == {"think_close_segment": other}
+    assert study.arm_options(now, "scale_sft") == {"think_close_segment": study.DEFAULT_CLOSE}
+    assert study.arm_options(old, "scale_own") == {"think_close_segment": "own"}
+    tuned = dataclasses.replace(old, scale_options=(("normalization", "token"),))
+    assert study.arm_options(tuned, "scale_close") == {"think_close_segment": "answer", "normalization": "token"}
 
 
 def test_the_runner_runs_the_seeds_the_precision_rule_adds(tmp_path, monkeypatch):

@@ -127,7 +127,7 @@ class ScaleOptions:
         "Closing tag of the reasoning segment. A closer without an opener in the supervised text (templates that put the opener in the prompt) makes the supervised text before it (since the previous think block) think.",
     )
     think_close_segment: str = _opt(
-        "think",
+        "answer",
         "Which segment the closing tag's tokens belong to: 'think' (the closer ends the trace and weighs like a trace token, 1/|think| of the think weight under sample normalization), 'answer' (the decision to end the trace is trained with the answer's weight and averaged with the answer tokens) or 'own' (a segment of its own, 'close', averaged like the others and weighted by close_weight at every step, added to the think and answer terms; docs/concepts.md). Empty think blocks follow empty_think either way.",
         choices=CLOSE_TAG_SEGMENTS,
     )

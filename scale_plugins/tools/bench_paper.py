@@ -99,7 +99,9 @@ def design_of(ns: argparse.Namespace) -> tuple[str, study.Design]:
     name = spec.bench_designs[0 if ns.size == "default" else 1]
     design = dataclasses.replace(study.DESIGNS[name], model=ns.model)
     seeds = tuple(dict.fromkeys(ns.seeds))
-    changes: dict[str, Any] = {"seeds": seeds, "claim_seeds": len(seeds), "curve_seeds": len(seeds)}
+    # SCALe-SFT at the package's defaults, closing tag included
+    changes: dict[str, Any] = {"seeds": seeds, "claim_seeds": len(seeds), "curve_seeds": len(seeds),
+                               "closer": study.DEFAULT_CLOSE}  # fmt: skip
     if (ns.train_file is None) != (ns.eval_file is None):
         raise SystemExit("--train-file and --eval-file go together")
     if ns.train_file is not None:

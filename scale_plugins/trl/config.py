@@ -20,7 +20,7 @@ class ScaleSFTConfig(ScaleArguments, SFTConfig):
     Parameters, in addition to SFTConfig's (every one documented in docs/options.md; invalid values raise
     :class:`~scale_plugins.core.ScaleConfigError` naming the key when the config is built):
         scale_think_open / scale_think_close (``"<think>"`` / ``"</think>"``): the think segment's tags.
-        scale_think_close_segment (``"think"``): the closer's tokens are ``think``, ``answer`` or ``own`` tokens.
+        scale_think_close_segment (``"answer"``): the closer's tokens are ``think``, ``answer`` or ``own`` tokens.
         scale_close_weight (0.5): with ``own``, the constant weight of the closer's own segment ``close``.
         scale_schedule (``"cosine"``): ``cosine``, ``linear``, ``constant`` or ``step``.
         scale_answer_weight_start / scale_answer_weight_end (0.1 / 0.9): answer weight at the first / last step.

@@ -428,7 +428,7 @@ def test_axolotl_cli_does_not_load_cli_command_entry_points_for_train(monkeypatc
 EXPECTED_ARGS: dict[str, tuple[Any, Any, list[str] | None]] = {
     "scale_think_open": (str, "<think>", None),
     "scale_think_close": (str, "</think>", None),
-    "scale_think_close_segment": (str, "think", ["think", "answer", "own"]),
+    "scale_think_close_segment": (str, "answer", ["think", "answer", "own"]),
     "scale_close_weight": (float, 0.5, None),
     "scale_schedule": (str, "cosine", ["cosine", "linear", "constant", "step"]),
     "scale_answer_weight_start": (float, 0.1, None),

@@ -220,7 +220,7 @@ def empty_think_runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
                 workdir / f"{name}_{policy}",
                 micro_batch_size=n,
                 sequence_len=512,  # Axolotl drops longer samples silently: keep every one
-                **scale_keys(empty_think=policy),
+                **scale_keys(empty_think=policy, think_close_segment="think"),  # the closer counted with the block
             )
     results = run_many(runs, workdir)
     steps = {}

@@ -309,7 +309,9 @@ def llava_supervised_text(cfg: Any, role_boundaries: list[Any], image: Path) -> 
     batch = MultiModalChatDataCollator(tokenizer=tokenizer, processing_strategy=strategy)(
         [{"messages": c} for c in chats]
     )
-    segments = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions()).tag(batch["labels"], shift=False).segment_ids
+    # the closer counted with its block, so that each turn's think text is its whole <think>...</think>
+    options = ScaleOptions(think_close_segment="think")
+    segments = SegmentTagger.from_tokenizer(tokenizer, options).tag(batch["labels"], shift=False).segment_ids
     results = []
     for ids, labels, segment_ids in zip(batch["input_ids"], batch["labels"], segments):
         runs, run = [], []

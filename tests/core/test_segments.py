@@ -252,8 +252,10 @@ def text_of(enc: Encoded, seg: list[int], segment: int) -> str:
     return "".join(out)
 
 
-OPTS = ScaleOptions()
-OPTS_EXTRA = ScaleOptions(extra_segments=(PERCEPTION,))
+# The scenarios below spell the tagging out with the closer in the trace (think_close_segment="think"); the default
+# (the closer as answer) has its own tests (test_default_closer_is_answer) and runs in every reference and fuzzer.
+OPTS = ScaleOptions(think_close_segment="think")
+OPTS_EXTRA = ScaleOptions(think_close_segment="think", extra_segments=(PERCEPTION,))
 OPTS_CLOSE = ScaleOptions(think_close_segment="answer", extra_segments=(PERCEPTION,))
 OPTS_OWN = ScaleOptions(think_close_segment="own", extra_segments=(PERCEPTION,))
 OPTS_KIMI = ScaleOptions(think_open="◁think▷", think_close="◁/think▷", extra_segments=(PERCEPTION,), ignore_index=-1)
@@ -475,6 +477,21 @@ def test_closer_as_its_own_segment(tok, table: TokenTable, content: str) -> None
     assert ScaleOptions(think_close_segment="own").segment_names == ("think", "answer", "close")
     with_extra = check(table, OPTS_OWN, enc)
     assert [with_extra[t] for t in moved] == [4] * len(moved) and OPTS_OWN.segment_names[3] == "close"
+
+
+def test_default_closer_is_answer(tok, table: TokenTable) -> None:
+    """The default, chosen by the closing-tag study's rule (docs/concepts.md): the closer of a closed block is trained
+    with the answer, an orphan closer too; the trace before it stays think."""
+    default = ScaleOptions()
+    for content, suffix in (
+        ("<think>5 > 3, so 5.</think><answer>5</answer>", ""),
+        ("two and two.\n</think>\n4", "<think>\n"),
+    ):
+        enc = encode_parts(tok, chat_parts([user("Which is larger?"), assistant(content)], suffix))
+        seg = check(table, default, enc)
+        assert seg != check(table, OPTS, enc)
+        assert "</think" not in text_of(enc, seg, THINK) and "think>" in text_of(enc, seg, ANSWER)
+        assert text_of(enc, seg, THINK).startswith(("<think>5", "two and two"))
 
 
 def test_answer_only(tok, table: TokenTable) -> None:
@@ -927,8 +944,10 @@ FRAGMENTS = [
 ]
 MANY_EXTRAS = tuple(ExtraSegment(f"e{k}", f"<e{k}>", f"</e{k}>") for k in range(70))  # ranks past int8
 BATCH_OPTIONS = [
+    ScaleOptions(),
     OPTS,
     ScaleOptions(empty_think="think"),
+    ScaleOptions(think_close_segment="think", empty_think="think"),
     OPTS_EXTRA,
     OPTS_CLOSE,
     OPTS_OWN,

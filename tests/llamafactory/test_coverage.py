@@ -123,16 +123,20 @@ def test_qwen3_answers_without_think_get_an_empty_think_block(qwen3, patched, tm
     ``ignore`` those 3 tokens are in no segment: no think tokens, the same answer tokens, and the step has no think.
     With ``enable_thinking: false`` the same empty block goes to the *prompt* (no loss): think_tokens == 0 and the
     step counts in ``scale/steps_without_think`` (the answer segment alone trains)."""
-    trained = _qwen3_run(qwen3, tmp_path / "think", "plain", enable_thinking=True, scale_empty_think="think")
+    # the closer counted with its block (think_close_segment: think), so a block's three tokens stay together
+    closer = {"scale_think_close_segment": "think"}
+    trained = _qwen3_run(qwen3, tmp_path / "think", "plain", enable_thinking=True, scale_empty_think="think", **closer)
     _assert_scale_ran(trained, 1)
     assert trained[0]["scale/think_tokens"] == 3 * 2  # 2 samples x (<think>, "\n\n", </think>)
 
-    ignored = _qwen3_run(qwen3, tmp_path / "ignore", "plain", enable_thinking=True, scale_on_missing_think="ignore")
+    ignored = _qwen3_run(
+        qwen3, tmp_path / "ignore", "plain", enable_thinking=True, scale_on_missing_think="ignore", **closer
+    )
     _assert_scale_ran(ignored, 1, think=False)
     assert ignored[0]["scale/think_tokens"] == 0
     assert ignored[0]["scale/answer_tokens"] == trained[0]["scale/answer_tokens"]
 
-    off = _qwen3_run(qwen3, tmp_path / "off", "plain", enable_thinking=False, scale_on_missing_think="warn")
+    off = _qwen3_run(qwen3, tmp_path / "off", "plain", enable_thinking=False, scale_on_missing_think="warn", **closer)
     _assert_scale_ran(off, 1, think=False)
     assert off[0]["scale/think_tokens"] == 0
     assert off[0]["scale/steps_without_think"] == 1
@@ -147,7 +151,7 @@ def test_qwen3_mixed_data_leaves_only_the_empty_think_blocks_out(qwen3, patched,
     for policy in ("ignore", "think"):
         runs[policy] = _qwen3_run(
             qwen3, tmp_path / policy, "think,plain", enable_thinking=True, scale_empty_think=policy,
-            per_device_train_batch_size=16, mix_strategy="concat",
+            per_device_train_batch_size=16, mix_strategy="concat", scale_think_close_segment="think",
         )[0]  # fmt: skip
     rows = 8  # answers without a trace in the step (the "plain" half): one empty block each
     assert runs["think"]["scale/think_tokens"] - runs["ignore"]["scale/think_tokens"] == 3 * rows

@@ -144,7 +144,9 @@ def test_recipe_template_supervises_the_answer_turn_where_scale_finds_think(stem
     assert "2 + 2 = 4?" in tokenizer.decode(input_ids) and "2 + 2 = 4?" not in supervised
     assert supervised.strip().startswith(THINK_BLOCK + ANSWER_BLOCK)
     assert tokenizer.eos_token in supervised  # the stop token is learned too
-    segments = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions()).tag(labels, shift=False).segment_ids[0]
+    # the closer counted with its block: the think text is the whole <think>...</think>
+    options = ScaleOptions(think_close_segment="think")
+    segments = SegmentTagger.from_tokenizer(tokenizer, options).tag(labels, shift=False).segment_ids[0]
     assert tokenizer.decode(input_ids[segments == THINK]) == THINK_BLOCK
     answer = tokenizer.decode(input_ids[segments == ANSWER])
     assert answer.strip().startswith("<answer>yes</answer>") and tokenizer.eos_token in answer

@@ -213,7 +213,7 @@ def test_closing_tag_setting_is_a_dropdown_that_reaches_the_training_args(ui, ti
     engine, _ = ui
     control = engine.manager.get_elem_by_id("train.scale_think_close_segment")
     assert isinstance(control, gr.Dropdown)
-    assert [value for _, value in control.choices] == ["think", "answer", "own"] and control.value == "think"
+    assert [value for _, value in control.choices] == ["think", "answer", "own"] and control.value == "answer"
     weight = engine.manager.get_elem_by_id("train.scale_close_weight")
     assert isinstance(weight, gr.Slider) and weight.value == 0.5 and (weight.minimum, weight.maximum) == (0.0, 1.0)
     own = engine.runner._parse_train_args(
@@ -223,13 +223,13 @@ def test_closing_tag_setting_is_a_dropdown_that_reaches_the_training_args(ui, ti
     labels = {lang: entry["label"] for lang, entry in LOCALES["scale_think_close_segment"].items()}
     assert labels["en"] == "Closing tag trained as" and len(set(labels.values())) == 5
     args = engine.runner._parse_train_args(
-        _form(engine, tiny, tmp_path / "out", train__scale_think_close_segment="answer")
+        _form(engine, tiny, tmp_path / "out", train__scale_think_close_segment="think")
     )
-    assert args["scale_think_close_segment"] == "answer"
+    assert args["scale_think_close_segment"] == "think"
     (update,) = list(
-        engine.runner.preview_train(_form(engine, tiny, tmp_path / "out", train__scale_think_close_segment="answer"))
+        engine.runner.preview_train(_form(engine, tiny, tmp_path / "out", train__scale_think_close_segment="think"))
     )
-    assert "--scale_think_close_segment answer" in update[engine.manager.get_elem_by_id("train.output_box")]
+    assert "--scale_think_close_segment think" in update[engine.manager.get_elem_by_id("train.output_box")]
 
 
 def test_loss_plot_shows_the_scale_losses_and_weights(ui):

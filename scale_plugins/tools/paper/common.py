@@ -34,7 +34,9 @@ def segment_ce(model: Any, tokenizer: Any, samples: list[dict[str, Any]], batch_
     from ...hf.head import per_token_loss
     from ..inspect import encode_sample
 
-    tagger = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions())
+    # the closer with the trace, as in every run made while that was the default: the CE of runs under either
+    # default compares (the closer's few tokens would otherwise move between the two means)
+    tagger = SegmentTagger.from_tokenizer(tokenizer, ScaleOptions(think_close_segment="think"))
     totals = torch.zeros(3, dtype=torch.float64)
     counts = torch.zeros(3, dtype=torch.float64)
 

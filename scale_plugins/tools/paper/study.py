@@ -61,8 +61,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ...core.options import ScaleOptions
 from . import stats, tasks
 from .models import MODELS, ModelSpec, lora_config
+
+#: the closing-tag setting SCALe trains with when none is given (``ScaleOptions.think_close_segment``, chosen by
+#: rule 7); a design's ``closer`` says which one its SCALe arms without a setting of their own ran with
+DEFAULT_CLOSE = ScaleOptions().think_close_segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +88,7 @@ ARMS: dict[str, Arm] = {
     "scale_sft": Arm("SCALe-SFT (defaults)", "scale_sft"),
     "scale_close": Arm("SCALe-SFT, closer as answer", "scale_sft", (("think_close_segment", "answer"),)),
     "scale_own": Arm("SCALe-SFT, closer as own segment", "scale_sft", (("think_close_segment", "own"),)),
+    "scale_think": Arm("SCALe-SFT, closer as think", "scale_sft", (("think_close_segment", "think"),)),
     "sft_const": Arm("vanilla SFT, constant LR", "sft", lr_scheduler="constant_with_warmup"),
     "scale_const": Arm("SCALe-SFT, constant LR", "scale_sft", lr_scheduler="constant_with_warmup"),
     "scale_token": Arm("SCALe-SFT, token norm.", "scale_sft", (("normalization", "token"),)),
@@ -93,10 +99,10 @@ COSINE_ARMS = ("sft", "scale_sft", "scale_close")
 CONST_ARMS = ("sft_const", "scale_const")
 #: the paired differences reported: (arm, baseline); the last one is the paper's "SCALe-SFT as good as SFT + GRPO"
 PAIRS = (("scale_sft", "sft"), ("scale_close", "sft"), ("scale_close", "scale_sft"), ("scale_own", "sft"),
-         ("scale_own", "scale_sft"), ("scale_const", "sft_const"), ("scale_token", "sft"),
+         ("scale_own", "scale_sft"), ("scale_think", "sft"), ("scale_think", "scale_sft"), ("scale_const", "sft_const"), ("scale_token", "sft"),
          ("scale_sft_grpo", "sft_grpo"), ("scale_sft", "sft_grpo"))  # fmt: skip
 REGIMES = {"mc": "answer-bound", "arith": "trace-bound", "arith_small": "trace-bound", "user": "your data"}
-COLOURS = {"zero_shot": "tab:gray", "sft": "tab:blue", "scale_sft": "tab:orange", "scale_close": "tab:red", "scale_own": "tab:green", "sft_const": "tab:cyan",
+COLOURS = {"zero_shot": "tab:gray", "sft": "tab:blue", "scale_sft": "tab:orange", "scale_close": "tab:red", "scale_own": "tab:green", "scale_think": "darkgoldenrod", "sft_const": "tab:cyan",
            "scale_const": "tab:brown", "scale_token": "tab:olive", "sft_grpo": "tab:purple",
            "scale_sft_grpo": "tab:pink"}  # fmt: skip
 #: the metrics of every run besides accuracy and the malformed / dropped-closer rates (which come from the
@@ -165,6 +171,10 @@ class Design:
     #: evaluate every seed's SCALe-SFT runs on the dev split, not seed 0's alone (rule 7 counts dev completions over
     #: seeds); the held-out results do not depend on it
     dev_every_seed: bool = False
+    #: the ``think_close_segment`` of the SCALe arms that set none (``scale_sft`` and the arms built on it):
+    #: ``think`` in the designs fixed while it was the package default (their results files lack the field), the
+    #: package default (:data:`DEFAULT_CLOSE`) in the later ones; every run records it in its ``scale_options``
+    closer: str = "think"
     #: SCALe options of every SCALe arm (``bench-paper --scale-set``), under the arm's own
     scale_options: tuple[tuple[str, Any], ...] = ()
     #: your data (family ``user``): JSONL files and the gold answer column
@@ -176,7 +186,8 @@ class Design:
         """The fields that decide a run's result (not how many seeds run); user data by its content."""
         keep = ("model", "n_train", "n_dev", "n_eval", "batch_size", "lr_grid", "lora_r", "max_new_tokens")
         out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items() if k in keep}
-        for name in ("warmup_divisor", "grpo_steps", "grpo_prompts_per_step", "num_generations", "grpo_learning_rate"):
+        for name in ("warmup_divisor", "grpo_steps", "grpo_prompts_per_step", "num_generations", "grpo_learning_rate",
+                     "closer"):  # fmt: skip
             if getattr(self, name) != _DEFAULTS[name]:
                 out[name] = getattr(self, name)
         if self.scale_options:
@@ -212,6 +223,26 @@ def design_from_dict(saved: dict[str, Any]) -> Design:
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Design)}
+
+
+def arm_options(design: Design, arm: str) -> dict[str, Any]:
+    """The SCALe options ``arm`` trains with in ``design`` (and its runs record): the design's ``closer``, under the
+    design's own options (``bench-paper --scale-set``), under the arm's."""
+    return {"think_close_segment": design.closer, **dict(design.scale_options), **dict(ARMS[arm].scale_options)}
+
+
+def arm_labels(design: Design) -> dict[str, str]:
+    """Each arm's label in ``design``'s report. The arms without a closing-tag setting of their own ran with the
+    design's ``closer``: where that is not the package default (:data:`DEFAULT_CLOSE`), ``scale_sft`` is named by its
+    setting rather than as the defaults, and the arm that trains with the default setting says so."""
+    labels = {name: arm.label for name, arm in ARMS.items()}
+    if design.closer != DEFAULT_CLOSE:
+        labels["scale_sft"] = f"SCALe-SFT, closer as {design.closer}"
+        for name, arm in ARMS.items():
+            if dict(arm.scale_options).get("think_close_segment") == DEFAULT_CLOSE:
+                labels[name] += " (default)"
+    return labels
+
 
 #: docs/results.md part 1
 _POWERED = Design(
@@ -278,8 +309,10 @@ DESIGNS: dict[str, Design] = {
         budgets=(96,),
         claim_seeds=3,
         const_seeds=0,
-        arms=("sft", "scale_sft", "scale_close"),
+        # SCALe at the package defaults, and the other of think / answer (the setting the powered study ran)
+        arms=("sft", "scale_sft", "scale_close" if DEFAULT_CLOSE == "think" else "scale_think"),
         const_arms=(),
+        closer=DEFAULT_CLOSE,
     ),
     # docs/results.md, the closing tag (rule 7): the powered design's families, sizes and rate rule at 24 SFT steps,
     # where its only skipped closer was, 6 seeds of vanilla and of each think_close_segment setting (per setting 576
@@ -316,6 +349,7 @@ DESIGNS: dict[str, Design] = {
         num_generations=4,
         grpo_learning_rate=1e-5,
         grpo_grid=((1e-5, 4, 2), (3e-5, 4, 2), (1e-5, 8, 2)),
+        closer=DEFAULT_CLOSE,
     ),
     # docs/results.md part 2 (12 SFT steps, 32 questions: too small to decide anything), bench-paper's default for a
     # pretrained model; the settings of that study, with every arm at the tuned rate
@@ -938,7 +972,7 @@ def run_one(
     spec = MODELS[design.model]
     train, dev, held_out = data
     arm = ARMS[planned.arm]
-    options = {**dict(design.scale_options), **dict(arm.scale_options)}
+    options = arm_options(design, planned.arm)
     if sft is None:
         sft = train_sft(spec, arm.trainer, planned.budget, design.batch_size, lr, planned.seed, train, work_dir,
                         lora_r=design.lora_r, warmup_divisor=design.warmup_divisor, lr_scheduler=arm.lr_scheduler,
@@ -1564,11 +1598,11 @@ def _accuracy_cell(acc: list[float]) -> str:
     return f"{_pct(ci['mean'])} [{100 * low:.1f}, {100 * high:.1f}] ({ci['n']} seeds: {spread}"
 
 
-def _sft_time_lines(cells: dict, family: str, budgets: list[int]) -> list[str]:
+def _sft_time_lines(cells: dict, family: str, budgets: list[int], labels: dict[str, str]) -> list[str]:
     """SFT wall time of each SCALe arm against vanilla SFT's, paired by seed and budget: the two runs of a pair train
     the same steps on the same batches, so their ratio is the cost of the loss path (under the load of the moment)."""
     out = []
-    for arm in ("scale_sft", "scale_close", "scale_token"):
+    for arm in ("scale_sft", "scale_close", "scale_think", "scale_token"):
         ratios = []
         for budget in budgets:
             mine, base = cells.get((family, budget, arm), {}), cells.get((family, budget, "sft"), {})
@@ -1576,14 +1610,14 @@ def _sft_time_lines(cells: dict, family: str, budgets: list[int]) -> list[str]:
                        if base[s]["sft_time_s"] > 0]  # fmt: skip
         if ratios:
             out.append(
-                f"SFT wall time, {ARMS[arm].label} / vanilla SFT, paired by seed and budget: median "
+                f"SFT wall time, {labels[arm]} / vanilla SFT, paired by seed and budget: median "
                 f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} pairs)."
             )
     return ["", *out] if out else []
 
 
 def _dropped_closer_lines(
-    cells: dict, families: list[str], budgets: list[int], max_new_tokens: int | None
+    cells: dict, families: list[str], budgets: list[int], max_new_tokens: int | None, labels: dict[str, str]
 ) -> list[str]:
     """A table per budget and arm of the held-out completions that never close the trace (``dropped_closer``), over
     every seed and family, with the families they came from and, where the runs recorded it (``cut_at_limit``), how
@@ -1619,7 +1653,7 @@ def _dropped_closer_lines(
     return ["", "**Dropped closer**: held-out completions that never close the trace, every seed and family so far; "
             f"\"cut at the limit\": of those, the ones the generation limit ({limit}) ended inside the trace, which ran "
             f"out of room; \"skipped\": the ones that stopped or answered without closing the trace.{note}", "",
-            "| budget | " + " | ".join(ARMS[a].label for a in arms) + " |", "|---|" + "---|" * len(arms), *rows]  # fmt: skip
+            "| budget | " + " | ".join(labels[a] for a in arms) + " |", "|---|" + "---|" * len(arms), *rows]  # fmt: skip
 
 
 def _wall(run: dict[str, Any]) -> float:
@@ -1627,7 +1661,7 @@ def _wall(run: dict[str, Any]) -> float:
     return run["sft_time_s"] + (run.get("grpo_time_s") or 0.0)
 
 
-def _diagnostics(cells: dict, family: str, budget: int) -> list[str]:
+def _diagnostics(cells: dict, family: str, budget: int, labels: dict[str, str]) -> list[str]:
     """The table of :data:`METRICS` per arm at ``budget`` (mean over seeds; n/a where a family does not define it)."""
     formats = {"trace_accuracy": _pct, "answer_trace_agreement": _pct, "think_ce": "{:.3f}".format,
                "answer_ce": "{:.3f}".format}  # fmt: skip
@@ -1641,7 +1675,7 @@ def _diagnostics(cells: dict, family: str, budget: int) -> list[str]:
             values = [r.get(key) for r in seeds.values()]
             known = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
             row.append(formats.get(key, "{:.1f}".format)(statistics.fmean(known)) if known else "n/a")
-        lines.append(f"| {ARMS[arm].label} | " + " | ".join(row) + " |")
+        lines.append(f"| {labels[arm]} | " + " | ".join(row) + " |")
     return lines
 
 
@@ -1649,7 +1683,7 @@ def _diagnostics(cells: dict, family: str, budget: int) -> list[str]:
 FOLLOWS_TRACE = 0.5
 
 
-def _follows_trace_lines(cells: dict, family: str, budget: int) -> list[str]:
+def _follows_trace_lines(cells: dict, family: str, budget: int, labels: dict[str, str]) -> list[str]:
     """Per arm at ``budget``, in how many seeds the answers follow the run's own trace (``answer_trace_agreement`` at
     least :data:`FOLLOWS_TRACE`); and, paired by seed, SCALe-SFT (defaults) against vanilla SFT. Where a run either
     learns to map its trace to the answer or does not, the mean over seeds hides two outcomes; this says how often
@@ -1660,7 +1694,7 @@ def _follows_trace_lines(cells: dict, family: str, budget: int) -> list[str]:
         return {s: r["answer_trace_agreement"] >= FOLLOWS_TRACE for s, r in seeds.items()
                 if isinstance(r.get("answer_trace_agreement"), (int, float))}  # fmt: skip
 
-    parts = [f"{ARMS[a].label} {sum(f.values())} of {len(f)}" for a in ARMS if (f := follows(a))]
+    parts = [f"{labels[a]} {sum(f.values())} of {len(f)}" for a in ARMS if (f := follows(a))]
     if not parts:
         return []
     lines = ["", f"Seeds whose answers follow their own trace (answer = trace on at least {_pct(FOLLOWS_TRACE)} of the "
@@ -1671,7 +1705,7 @@ def _follows_trace_lines(cells: dict, family: str, budget: int) -> list[str]:
         count = {
             (a, b): sum(ours[s] is a and theirs[s] is b for s in both) for a in (True, False) for b in (True, False)
         }
-        lines[-1] += (f" Paired by seed, SCALe-SFT (defaults) and vanilla SFT: both {count[True, True]}, SCALe only "
+        lines[-1] += (f" Paired by seed, {labels['scale_sft']} and vanilla SFT: both {count[True, True]}, SCALe only "
                       f"{count[True, False]}, vanilla only {count[False, True]}, neither {count[False, False]} (of "
                       f"{len(both)}).")  # fmt: skip
     return lines
@@ -1690,6 +1724,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
     lines: list[str] = []
     all_pairs: list[dict[str, Any]] = []
     design_obj = design_from_dict(design)
+    labels = arm_labels(design_obj)
     n_total = len(plan(design_obj, runs=runs))
     lines.append(
         f"{len(runs)} of {n_total} planned runs finished "
@@ -1697,6 +1732,13 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
         f"{_processor_text(runs)})."
     )
     lines.append("")
+    if design_obj.closer != DEFAULT_CLOSE:
+        lines += [
+            f"**Closing tag**: the SCALe arms without a closing-tag setting of their own ran with "
+            f"`think_close_segment: {design_obj.closer}`, the default when this design was fixed; the default is now "
+            f"`{DEFAULT_CLOSE}` (rule 7, docs/concepts.md).",
+            "",
+        ]
     if len(design["lr_grid"]) == 1:
         lines.append(f"**Learning rate**: {design['lr_grid'][0]:g} for every arm and budget (one rate: no tuning).")
     else:
@@ -1733,7 +1775,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                 row.append(f"{_accuracy_cell([seeds[s]['accuracy'] for s in sorted(seeds)])}; malformed {_pct(mal)}, "
                            f"no closer {_pct(drop)})")  # fmt: skip
             if any(row):
-                lines.append(f"| {ARMS[arm].label} | " + " | ".join(row) + " |")
+                lines.append(f"| {labels[arm]} | " + " | ".join(row) + " |")
         lines += ["", "Paired differences (arm − baseline, accuracy points; per seed with its exact McNemar p):", ""]
         lines.append("| arm − baseline | budget | mean [95% interval] | sign-flip p | per seed (McNemar p) |")
         lines.append("|---|---|---|---|---|")
@@ -1745,7 +1787,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                 all_pairs.append(p)
                 per = ", ".join(f"{100 * s['diff']:+.1f} (p={s['p']:.2g})" for s in p["per_seed"])
                 lines.append(
-                    f"| {ARMS[arm].label} − {ARMS[base].label} | {budget} | {_interval(p['interval'])} | "
+                    f"| {labels[arm]} − {labels[base]} | {budget} | {_interval(p['interval'])} | "
                     f"{p['sign_flip_p']:.2g} | {per} |"
                 )
         lines += _precision_lines(cells, design_obj, runs, family)
@@ -1759,15 +1801,15 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                     hit = (budget, statistics.fmean(_wall(r) for r in seeds.values()))
                     break
             if any(k[0] == family and k[2] == arm for k in cells):
-                reach.append(f"{ARMS[arm].label}: " + (f"{hit[0]} steps ({hit[1]:.0f} s)" if hit else "not reached"))
+                reach.append(f"{labels[arm]}: " + (f"{hit[0]} steps ({hit[1]:.0f} s)" if hit else "not reached"))
         lines += ["", f"First budget at which the mean accuracy reaches {_pct(target)}: " + "; ".join(reach) + "."]
         lines += _time_ratio_lines(cells, family, budgets)
-        lines += _sft_time_lines(cells, family, budgets)
+        lines += _sft_time_lines(cells, family, budgets, labels)
         with_data = [b for b in budgets if any(k[0] == family and k[1] == b for k in cells)]
         if with_data:
             at = design["claim_budget"] if design["claim_budget"] in with_data else max(with_data)
-            lines += ["", f"Diagnostics at {at} steps (mean over seeds):", "", *_diagnostics(cells, family, at)]
-            lines += _follows_trace_lines(cells, family, at)
+            lines += ["", f"Diagnostics at {at} steps (mean over seeds):", "", *_diagnostics(cells, family, at, labels)]
+            lines += _follows_trace_lines(cells, family, at, labels)
     # rule 6 (seed 0, every budget) belongs to the designs without the own-segment arm; rule 7 replaces it there
     choice = closing_tag_choice(runs) if "scale_own" not in design["arms"] else None
     every = len(design["families"]) * len(budgets)  # the rule's cells: every family and budget
@@ -1782,6 +1824,11 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
                 f" (provisional: {len(choice['cells'])} of {every} cells so far)."
                 if len(choice["cells"]) < every
                 else "."
+            )
+            + (
+                f" Rule 7 (the closing-tag study, docs/concepts.md) replaced this rule: the default is `{DEFAULT_CLOSE}`."
+                if choice["chosen"] != DEFAULT_CLOSE
+                else ""
             ),
         ]
     default = closing_tag_default(runs, design["claim_budget"]) if "scale_own" in design["arms"] else None
@@ -1799,7 +1846,7 @@ def report(data: dict[str, Any], image: str | None = None) -> dict[str, Any]:
             f"`{default['chosen']}`"
             + (f" (provisional: {done} of {every_cell} cells so far)." if done < every_cell else "."),
         ]
-    lines += _dropped_closer_lines(cells, families, budgets, design.get("max_new_tokens"))
+    lines += _dropped_closer_lines(cells, families, budgets, design.get("max_new_tokens"), labels)
     summary = summarize(all_pairs, design, {f: claim_seed_count(design_obj, runs, f) for f in families})
     lines += ["", "**What the data say:** " + summary]
     if cells:  # write_docs draws it from the same file
@@ -1834,7 +1881,7 @@ def _precision_lines(cells: dict, design: Design, runs: list[dict[str, Any]], fa
 
 def _budget_precision(cells: dict, design: Design, runs: list[dict[str, Any]], family: str, budget: int) -> list[str]:
     parts = []
-    watched = precision_pairs(design)
+    watched, labels = precision_pairs(design), arm_labels(design)
     for arm, base in claim_pairs(design):
         p = paired(cells, family, budget, arm, base)
         if p is None or p["interval"]["n"] < 2:
@@ -1850,19 +1897,19 @@ def _budget_precision(cells: dict, design: Design, runs: list[dict[str, Any]], f
             )
             if (arm, base) not in watched:
                 state += "; the precision rule adds no seeds to this pair"
-        parts.append(f"{ARMS[arm].label} − {ARMS[base].label} ±{100 * half:.1f} with {p['interval']['n']} seeds "
+        parts.append(f"{labels[arm]} − {labels[base]} ±{100 * half:.1f} with {p['interval']['n']} seeds "
                      f"({state})")  # fmt: skip
     if not parts:
         return []
     rule = ""
     first = _first_seeds(design, budget)
     if design.seeds is None and design.max_claim_seeds > first:
-        arms = ", ".join(ARMS[a].label for a in design.arms if a in design.precision_arms)
+        arms = ", ".join(labels[a] for a in design.arms if a in design.precision_arms)
         rule = (f" The precision rule runs {claim_seed_count(design, runs, family, budget)} seeds here so far (from "
                 f"{first}, at most {design.max_claim_seeds}" + (f"; arms {arms}" if arms else "") + ").")  # fmt: skip
     which = "each 95% interval"
     if watched != claim_pairs(design):
-        which = "the 95% interval of " + " and ".join(f"{ARMS[a].label} − {ARMS[b].label}" for a, b in watched)
+        which = "the 95% interval of " + " and ".join(f"{labels[a]} − {labels[b]}" for a, b in watched)
     return [
         "",
         f"Precision at {budget} steps (the claim needs {which} within "
@@ -1910,6 +1957,7 @@ def _time_ratio_lines(cells: dict, family: str, budgets: list[int]) -> list[str]
 
 #: the further arms a regime's sentence names, after SCALe-SFT − vanilla SFT: (arm, baseline, words)
 _ALSO = (("scale_close", "sft", "with the closer as answer"), ("scale_own", "sft", "with the closer as its own segment"),
+         ("scale_think", "sft", "with the closer as think"),
          ("scale_const", "sft_const", "with a constant learning rate for both arms"),
          ("scale_token", "sft", "with token normalization"), ("scale_sft_grpo", "sft_grpo", "after GRPO"),
          ("scale_sft", "sft_grpo", "against vanilla SFT + GRPO"))  # fmt: skip
@@ -1920,6 +1968,9 @@ def summarize(pairs: list[dict[str, Any]], design: dict[str, Any], seeds: dict[s
     data), and the other SCALe arms at that budget (:data:`_ALSO`), with how many of its seeds have run; ``seeds``: per
     family, the seeds the claim budget has under the precision rule (default ``claim_seeds``)."""
     target = design.get("target_half_width", _DEFAULTS["target_half_width"])
+    closer = design.get("closer", _DEFAULTS["closer"])
+    # SCALe-SFT at the package defaults, or, in a design fixed under another default, named by its closing tag
+    main = "SCALe-SFT" if closer == DEFAULT_CLOSE else f"SCALe-SFT with the closer as {closer}"
     parts = []
     for family in design["families"]:
         mine = [p for p in pairs if p["family"] == family and p["arm"] == "scale_sft" and p["base"] == "sft"]
@@ -1927,8 +1978,10 @@ def summarize(pairs: list[dict[str, Any]], design: dict[str, Any], seeds: dict[s
             continue
         at = [p for p in mine if p["budget"] == design["claim_budget"]] or mine
         best = max(at, key=lambda p: (p["interval"]["n"], p["budget"]))
-        text = f"`{family}` ({REGIMES.get(family, family)}), {best['budget']} steps: SCALe-SFT is {_verdict(best)}"
+        text = f"`{family}` ({REGIMES.get(family, family)}), {best['budget']} steps: {main} is {_verdict(best)}"
         for arm, base, words in _ALSO:
+            if closer != DEFAULT_CLOSE and dict(ARMS[arm].scale_options).get("think_close_segment") == DEFAULT_CLOSE:
+                words += " (the default)"
             also = [p for p in pairs if p["family"] == family and p["arm"] == arm and p["base"] == base
                     and p["budget"] == best["budget"]]  # fmt: skip
             if also:
@@ -1982,6 +2035,7 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     if not families:
         return False
     fig, axes = plt.subplots(2, len(families), figsize=(6.2 * len(families), 8.4), squeeze=False)
+    labels = arm_labels(design_from_dict(design))
     for col, family in enumerate(families):
         drawn = 0
         for arm in ARMS:
@@ -1994,7 +2048,7 @@ def plot(data: dict[str, Any], path: Path) -> bool:
             yerr = [[p["below"] for p in pts], [p["above"] for p in pts]]
             for row, x in ((0, [p["budget"] + shift for p in pts]), (1, [p["wall_s"] for p in pts])):
                 axes[row][col].errorbar(x, [p["mean"] for p in pts], yerr=yerr, marker="o", capsize=3,
-                                        color=COLOURS[arm], label=ARMS[arm].label)  # fmt: skip
+                                        color=COLOURS[arm], label=labels[arm])  # fmt: skip
         axes[0][col].set_xlabel("SFT optimizer steps")
         grpo = any(k[0] == family and ARMS[k[2]].grpo_after for k in cells)
         axes[1][col].set_xlabel("SFT + GRPO wall time (s)" if grpo else "SFT wall time (s)")
