@@ -259,7 +259,9 @@ def test_families_side_by_side_in_processes(model_cache, tmp_path):
         ("mc", "scale_sft"),
     ]  # vanilla's seed-0 run is its tuning run
     assert {r["family"] for r in data["runs"] if r["arm"] == "sft"} == {"mc", "arith"}
-    assert all(r["scale_options"] == {"normalization": "token"} for r in runs)  # the user's option reached them
+    # the user's option reached them, over the package's closing-tag default (every run records its setting)
+    closer = {"think_close_segment": study.DEFAULT_CLOSE}
+    assert all(r["scale_options"] == {**closer, "normalization": "token"} for r in runs)
     assert all(r["sft_steps"] == 1 and max(row["step"] for row in r["log_history"]) == 1 for r in data["runs"])
     logs = [(out / "tmp" / "logs" / f"worker{i}.log").read_text() for i in (0, 1)]
     assert all("families ['mc', 'arith']" in log for log in logs)
