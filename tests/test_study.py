@@ -549,7 +549,14 @@ def test_generated_block_replacement():
 
 
 @pytest.mark.parametrize(
-    ("design", "model"), [("powered", "smollm2"), ("gemma3", "gemma3"), ("headline", "smollm2"), ("closing", "smollm2")]
+    ("design", "model"),
+    [
+        ("powered", "smollm2"),
+        ("gemma3", "gemma3"),
+        ("headline", "smollm2"),
+        ("closing", "smollm2"),
+        ("answer", "smollm2"),
+    ],
 )
 def test_docs_quote_the_committed_results(design, model):
     """Every study's results file (or, before its first run, none) is what docs/results.md and README quote."""
@@ -775,6 +782,25 @@ def _correct(accuracy: float, n: int = 100) -> str:
 def _seed_runs(seed: int, scale: float, close: float, sft: float = 0.5) -> list[dict]:
     return [_run(arm=arm, seed=seed, budget=96, correct=_correct(acc))
             for arm, acc in (("sft", sft), ("scale_sft", scale), ("scale_close", close))]  # fmt: skip
+
+
+def test_the_answer_design_adds_seeds_to_the_default_arm_and_leads_with_it():
+    """Design `answer` (the powered design's vanilla and closer-as-answer arms, the precision rule watching that
+    pair): the powered study's runs are its runs (same fingerprint), a wide interval adds closer-as-answer seeds,
+    and its summary leads with that arm, as the SCALe-SFT of the package defaults."""
+    answer = study.DESIGNS["answer"]
+    assert answer.fingerprint() == study.DESIGNS["powered"].fingerprint()
+    assert study.precision_pairs(answer) == [("scale_close", "sft")]
+    design = _precise_design(arms=answer.arms, precision_arms=answer.precision_arms, closer="think")
+    # the closer as answer swings ±30 points around vanilla: never within ±10 with 3 seeds
+    runs = [r for s, a in enumerate((0.8, 0.2, 0.8)) for r in _seed_runs(s, 0.5, a) if r["arm"] != "scale_sft"]
+    assert study.claim_seed_count(design, runs, "mc") == 4
+    todo = [(p.arm, p.seed) for p in study.plan(design, runs=runs) if not study.is_done(p, runs)]
+    assert todo == [("sft", 3), ("scale_close", 3)]
+    summary = study.report({"design": {"name": "answer", **dataclasses.asdict(design)}, "runs": runs})["summary"]
+    lead = "SCALe-SFT" if study.DEFAULT_CLOSE == "answer" else "SCALe-SFT with the closer as answer"
+    assert summary.startswith(f"`mc` (answer-bound), 96 steps: {lead} is 10.0 points better (")
+    assert "; with the closer as answer" not in summary and "(study in progress: 3 of 4 seeds at 96 steps)" in summary
 
 
 def test_seeds_for_width():
