@@ -231,6 +231,11 @@ def arm_options(design: Design, arm: str) -> dict[str, Any]:
     return {"think_close_segment": design.closer, **dict(design.scale_options), **dict(ARMS[arm].scale_options)}
 
 
+def arm_closer(arm: str, closer: str | None = None) -> str | None:
+    """The ``think_close_segment`` ``arm`` trains with: its own, else ``closer`` (the design's)."""
+    return dict(ARMS[arm].scale_options).get("think_close_segment", closer)
+
+
 def arm_labels(design: Design) -> dict[str, str]:
     """Each arm's label in ``design``'s report. The arms without a closing-tag setting of their own ran with the
     design's ``closer``: where that is not the package default (:data:`DEFAULT_CLOSE`), ``scale_sft`` is named by its
@@ -238,8 +243,8 @@ def arm_labels(design: Design) -> dict[str, str]:
     labels = {name: arm.label for name, arm in ARMS.items()}
     if design.closer != DEFAULT_CLOSE:
         labels["scale_sft"] = f"SCALe-SFT, closer as {design.closer}"
-        for name, arm in ARMS.items():
-            if dict(arm.scale_options).get("think_close_segment") == DEFAULT_CLOSE:
+        for name in ARMS:
+            if arm_closer(name) == DEFAULT_CLOSE:
                 labels[name] += " (default)"
     return labels
 
@@ -871,10 +876,7 @@ def closing_tag_choice(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 #: each ``think_close_segment`` setting and the SCALe-SFT arm that trains with it (read from the arms' options)
-SETTING_ARMS = {
-    dict(ARMS[arm].scale_options).get("think_close_segment", "think"): arm
-    for arm in ("scale_sft", "scale_close", "scale_own")
-}
+SETTING_ARMS = {arm_closer(arm, "think"): arm for arm in ("scale_sft", "scale_close", "scale_own")}
 
 
 def closing_tag_default(runs: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:
@@ -1983,7 +1985,7 @@ def summarize(pairs: list[dict[str, Any]], design: dict[str, Any], seeds: dict[s
     closer = design.get("closer", _DEFAULTS["closer"])
     scale_arms = [a for a in design["arms"] if ARMS[a].trainer == "scale_sft" and ARMS[a].grpo_after is None]
     lead = "scale_sft" if "scale_sft" in design["arms"] or not scale_arms else scale_arms[0]
-    setting = dict(ARMS[lead].scale_options).get("think_close_segment", closer)
+    setting = arm_closer(lead, closer)
     main = "SCALe-SFT" if setting == DEFAULT_CLOSE else f"SCALe-SFT with the closer as {setting}"
     parts = []
     for family in design["families"]:
@@ -1996,7 +1998,7 @@ def summarize(pairs: list[dict[str, Any]], design: dict[str, Any], seeds: dict[s
         for arm, base, words in _ALSO:
             if arm == lead and base == "sft":
                 continue
-            if closer != DEFAULT_CLOSE and dict(ARMS[arm].scale_options).get("think_close_segment") == DEFAULT_CLOSE:
+            if closer != DEFAULT_CLOSE and arm_closer(arm) == DEFAULT_CLOSE:
                 words += " (the default)"
             also = [p for p in pairs if p["family"] == family and p["arm"] == arm and p["base"] == base
                     and p["budget"] == best["budget"]]  # fmt: skip
