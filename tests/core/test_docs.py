@@ -59,6 +59,44 @@ def test_relative_links_in_the_docs_resolve():
     assert not broken, broken
 
 
+ANCHOR_LINK = re.compile(r"\]\(([^)#\s]*)#([^)\s]+)\)")
+
+
+def _github_anchors(md: Path) -> set[str]:
+    """The anchors GitHub gives a file's headings: the text without markup, lower case, punctuation dropped, spaces
+    as hyphens; a repeated heading gets -1, -2, ... Lines inside code fences are not headings."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in md.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        heading = re.match(r"#{1,6} (.+)", line)
+        if fenced or not heading:
+            continue
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1))  # a link's text only
+        slug = re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_anchor_links_in_the_docs_name_a_heading():
+    """`[...](#part-1-...)` and `[...](file.md#section)`: a renamed heading breaks the links to it silently on GitHub
+    (the page opens at the top); here each anchor must be one the target file's headings give."""
+    broken = []
+    for md in _markdown_files():
+        for match in ANCHOR_LINK.finditer(md.read_text()):
+            target = md if not match.group(1) else md.parent / match.group(1)
+            if target.suffix != ".md" or "://" in match.group(1):
+                continue
+            if match.group(2) not in _github_anchors(target):
+                broken.append(f"{md.name}: {match.group(1)}#{match.group(2)}")
+    assert not broken, broken
+
+
 def _plain(text: str) -> str:
     """Markdown cell text without the formatting that may differ from the help string (quotes, backticks, escapes)."""
     text = text.replace("&lt;", "<").replace("&gt;", ">").replace("\\|", "|")
