@@ -460,6 +460,43 @@ def test_worker_processes_leave_the_time_estimate_to_their_command(tmp_path, mon
     assert len(study.load(results)["runs"]) == 6
 
 
+def test_a_run_reports_its_phases_and_workers_report_to_their_command(tmp_path, monkeypatch):
+    """A run is tens of minutes on a CPU and the bar counts runs: each run says where it is (loading, SFT step i/N,
+    held-out i/N, ...) on the bar, or in its worker's progress file, which the command's bar shows; worker logs are
+    unbuffered."""
+    seen: list[tuple[Path, str]] = []
+    write = study._write_progress
+    monkeypatch.setattr(study, "_write_progress", lambda path, text: (seen.append((path, text)), write(path, text)))
+    monkeypatch.setenv("SCALE_PLUGINS_STUDY_TMP", str(tmp_path / "tmp"))
+    design = _tiny_design(arms=("sft",), budgets=(3,), claim_budget=3, claim_seeds=1, curve_seeds=1, max_claim_seeds=0)
+    progress_file = tmp_path / "logs" / "worker0.progress"
+    progress_file.parent.mkdir()
+    study.run("powered", results=tmp_path / "r.json", design=design, threads=1, estimate=False,
+              progress_file=progress_file)  # fmt: skip
+    texts = [text for path, text in seen]
+    assert {path for path, _ in seen} == {progress_file}
+    key = study.load(tmp_path / "r.json")["runs"][0]["key"]
+    phases = [t.removeprefix(f"{key}: ") for t in texts if t.startswith(f"{key}: ")]
+    assert phases[0] == f"loading {study.MODELS['tiny'].name}" and phases[1] == "SFT step 0/3"
+    steps = [p.split(" (")[0] for p in phases if p.startswith("SFT step") and "(" in p]
+    assert steps == ["SFT step 1/3", "SFT step 2/3", "SFT step 3/3"] and "left)" in phases[2]
+    accuracy = study.load(tmp_path / "r.json")["runs"][0]["accuracy"]
+    assert phases[-3:] == ["held-out 4/4", "held-out segment CE", f"acc {accuracy:.2f}"]
+    assert study._read_progress(progress_file) == texts[-1] and study._read_progress(tmp_path / "none") == ""
+
+    # the command: each worker gets its own progress file beside its log, and runs unbuffered
+    _FakeWorker.calls, argv = [], []
+    monkeypatch.setattr(study.subprocess, "Popen", lambda args, **kw: (argv.append(args), _FakeWorker(args, **kw))[1])
+    monkeypatch.setattr(study.time, "sleep", lambda seconds: None)
+    missing = study.plan(design, runs=[])
+    study._worker_processes("powered", design, tmp_path / "w.json", design.families, None, 1, 2, tmp_path / "work",
+                            None, missing)  # fmt: skip
+    assert [c["progress_file"] for c in _FakeWorker.calls] == [
+        str(tmp_path / "work" / "logs" / f"worker{i}.progress") for i in range(2)
+    ]
+    assert all(args[1] == "-u" for args in argv)
+
+
 def test_the_estimate_measured_apart_matches_its_plan(tmp_path):
     """--jobs N measures the estimate in a process of its own (the command then holds no model while its workers
     train); it gives a time for every missing run, as the in-process estimate does."""

@@ -1,19 +1,68 @@
 """The building blocks of the study runner (:mod:`.study`, :mod:`.train`): greedy generation, held-out segment CE,
-timing, the GRPO stage, the device and precision checks, completions files and the plotting backend."""
+timing, the GRPO stage, the device and precision checks, completions files, the progress of a run and the plotting
+backend."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import functools
 import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("scale_plugins")
+
+# -- progress inside a run ------------------------------------------------------------------------------------
+
+#: where the run in progress says what it is doing (:func:`reporting_progress`); none: nowhere
+_PROGRESS: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting_progress(sink: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, the phases of a run (``SFT step 40/96``, ``held-out 100/200``, ...) go to ``sink``: a run
+    of a study is tens of minutes on a CPU, and its progress bar counts runs. What reports only reads the trainer's
+    state, so a run trains and scores the same with or without it."""
+    token = _PROGRESS.set(sink)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def progress(text: str) -> None:
+    """Say what the run in progress is doing (:func:`reporting_progress`); nothing outside such a block."""
+    sink = _PROGRESS.get()
+    if sink is not None:
+        sink(text)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def progress_callback(phase: str) -> Any:
+    """A ``TrainerCallback`` that reports ``<phase> step i/N`` with the time so far and a linear estimate of the rest
+    at each optimizer step (:func:`progress`)."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.t0 = time.perf_counter()
+            progress(f"{phase} step 0/{state.max_steps}")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            spent = time.perf_counter() - self.t0
+            left = spent / max(1, state.global_step) * (state.max_steps - state.global_step)
+            progress(f"{phase} step {state.global_step}/{state.max_steps} ({_minutes(spent)}, ~{_minutes(left)} left)")
+
+    return _Progress()
 
 
 def segment_ce(model: Any, tokenizer: Any, samples: list[dict[str, Any]], batch_size: int = 64) -> dict[str, float]:
@@ -176,10 +225,11 @@ def generate_marked(
     max_new_tokens: int,
     batch_size: int,
     dtype: Any = None,
+    phase: str = "generating",
 ) -> list[tuple[str, bool]]:
     """:func:`generate`, each completion with whether the generation limit cut it (``max_new_tokens`` generated and
     no end-of-sequence token among them): a trace cut there never reaches its closer, which is not the same failure
-    as a model that answers without closing the trace."""
+    as a model that answers without closing the trace. Reports ``<phase> i/N`` after each batch (:func:`progress`)."""
     import torch
 
     tok = copy.deepcopy(tokenizer)
@@ -209,6 +259,7 @@ def generate_marked(
             # a row that stopped early ends in EOS and then padding; a row cut at the limit holds no EOS at all
             cut = [len(row) >= max_new_tokens and not bool(torch.isin(row, stops).any()) for row in new]
             out += zip(tok.batch_decode(new, skip_special_tokens=True), cut, strict=True)
+            progress(f"{phase} {len(out)}/{len(texts)}")
     return out
 
 
@@ -226,12 +277,14 @@ def write_completions(path: Path, samples: list[dict[str, Any]], completions: li
             f.write(json.dumps({"question": s["question"], "solution": s["solution"], "completion": c}) + "\n")
 
 
-def timed_train(trainer: Any) -> tuple[float, list[dict]]:
-    """``trainer.train()`` without the console printer / progress bar; (wall seconds, log_history)."""
+def timed_train(trainer: Any, phase: str = "training") -> tuple[float, list[dict]]:
+    """``trainer.train()`` without the console printer / progress bar, its steps reported as ``<phase> step i/N``
+    (:func:`progress`); (wall seconds, log_history)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)  # the results come back in log_history; keep the console readable
     trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(progress_callback(phase))
     t0 = time.perf_counter()
     trainer.train()
     return time.perf_counter() - t0, list(trainer.state.log_history)
@@ -271,7 +324,7 @@ def grpo_train(
         processing_class=tokenizer,
         **trainer,
     )
-    elapsed, history = timed_train(grpo)
+    elapsed, history = timed_train(grpo, "GRPO")
     return grpo.model, elapsed, history
 
 

@@ -951,16 +951,17 @@ def _bits(flags: list[bool]) -> str:
 
 
 def _generate(
-    spec: ModelSpec, model: Any, tokenizer: Any, samples: list[dict], design: Design
+    spec: ModelSpec, model: Any, tokenizer: Any, samples: list[dict], design: Design, phase: str
 ) -> tuple[list[str], list[bool]]:
-    """The completions of ``samples`` and whether the generation limit cut each."""
+    """The completions of ``samples`` and whether the generation limit cut each; ``phase``: what the progress says."""
     import torch
 
     from .common import generate_marked
 
     dtype = torch.bfloat16 if spec.precision() == "bf16" else None
     prompts = [spec.prompt(s["prompt"]) for s in samples]
-    marked = generate_marked(model, tokenizer, prompts, design.max_new_tokens, design.eval_batch_size, dtype=dtype)
+    marked = generate_marked(model, tokenizer, prompts, design.max_new_tokens, design.eval_batch_size, dtype=dtype,
+                             phase=phase)  # fmt: skip
     return [text for text, _ in marked], [cut for _, cut in marked]
 
 
@@ -979,7 +980,7 @@ def run_one(
     log), which the arm's GRPO twin continues from."""
     import torch
 
-    from .common import machine, on_cuda, segment_ce, write_completions
+    from .common import machine, on_cuda, progress, segment_ce, write_completions
     from .train import GRPO_LOG_KEYS, SFT_LOG_KEYS, compact_log, train_grpo, train_sft, training_rows
 
     spec = MODELS[design.model]
@@ -998,8 +999,9 @@ def run_one(
     tokenizer = spec.tokenizer()
     model.to("cuda" if on_cuda() else "cpu")
     t0 = time.perf_counter()
-    completions, cut = _generate(spec, model, tokenizer, held_out, design)
+    completions, cut = _generate(spec, model, tokenizer, held_out, design, "held-out")
     scored = score(planned.family, completions, held_out, tokenizer, cut)
+    progress("held-out segment CE")
     ce = segment_ce(model, tokenizer, training_rows(spec, held_out), design.eval_batch_size)
     if completions_dir is not None:
         write_completions(completions_dir / (planned.key(lr).replace("/", "_") + ".jsonl"), held_out, completions)
@@ -1045,7 +1047,7 @@ def run_one(
     if grpo_history:
         record["grpo_log_history"] = compact_log(grpo_history, GRPO_LOG_KEYS)
     if dev and evaluates_dev(design, planned):
-        dev_done, dev_cut = _generate(spec, model, tokenizer, dev, design)
+        dev_done, dev_cut = _generate(spec, model, tokenizer, dev, design, "dev")
         dev_scored = score(planned.family, dev_done, dev, tokenizer, dev_cut)
         record.update(
             dev_n=len(dev),
@@ -1107,6 +1109,7 @@ def run(
     completions_dir: str | Path | None = None,
     image: str | None = None,
     estimate: bool = True,
+    progress_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run what is missing from ``results`` (resumable at run granularity), then write the report.
 
@@ -1115,10 +1118,12 @@ def run(
     file, after the time estimate is measured in a process of its own (:func:`_estimate_apart`: the command then
     holds no model while its workers train); ``work_dir``: the trainers' output folder; ``completions_dir``: every
     held-out completion, one JSONL per run; ``image``: the plot's path in the report (:func:`report`);
-    ``estimate``: measure and print the time estimate first (a worker process does not: its command did)."""
+    ``estimate``: measure and print the time estimate first (a worker process does not: its command did);
+    ``progress_file``: where the phase of the run in progress goes (a worker's, read by its command's progress bar),
+    else the progress bar's own line."""
     from tqdm.auto import tqdm
 
-    from .common import quiet_libraries
+    from .common import quiet_libraries, reporting_progress
 
     design = design or DESIGNS[design_name]
     spec = MODELS[design.model]
@@ -1166,6 +1171,13 @@ def run(
                           max_runs)  # fmt: skip
         missing, max_runs = [], 0  # the workers trained this command's runs: it trains none itself
     bar = tqdm(total=len(missing), desc="study", unit="run", file=sys.stderr, dynamic_ncols=True)
+
+    def show(text: str) -> None:
+        if progress_file is None:
+            bar.set_postfix_str(text)
+        else:
+            _write_progress(Path(progress_file), text)
+
     counted = set(missing)
     ran = 0
     sft_for: dict[tuple[str, int, int, str], tuple[Any, float, list[dict]]] = {}
@@ -1189,6 +1201,7 @@ def run(
                                                           "the GRPO setting")  # fmt: skip
                         bar.write(f"skipped {p}: {why} has not finished")
                     break
+                show("waiting for the runs other workers hold")
                 time.sleep(CLAIM_POLL_S)  # other workers are training: their runs may unblock or add some
                 continue
             bar.total += len(set(missing) - counted)
@@ -1203,11 +1216,13 @@ def run(
         tried.add(planned)
         arm = ARMS[planned.arm]
         twin = (planned.family, planned.budget, planned.seed, arm.grpo_after or "")
+        key = planned.key(lr)
         try:
-            record, sft = run_one(design, planned, lr, splits[planned.family], work,
-                                  sft=None if planned.tuning else sft_for.pop(twin, None),
-                                  completions_dir=Path(completions_dir) if completions_dir else None,
-                                  grpo_setting=setting)  # fmt: skip
+            with reporting_progress(lambda text, key=key: show(f"{key}: {text}")):
+                record, sft = run_one(design, planned, lr, splits[planned.family], work,
+                                      sft=None if planned.tuning else sft_for.pop(twin, None),
+                                      completions_dir=Path(completions_dir) if completions_dir else None,
+                                      grpo_setting=setting)  # fmt: skip
             grpo_twin = [a for a, x in ARMS.items() if x.grpo_after == planned.arm]
             if not planned.tuning and any(
                 p.arm in grpo_twin and (p.family, p.budget, p.seed) == twin[:3] for p in missing
@@ -1220,7 +1235,7 @@ def run(
             release(path, planned)
         ran += 1
         bar.update(1)
-        bar.set_postfix_str(f"{record['key']}: acc {record['accuracy']:.2f}")
+        show(f"{record['key']}: acc {record['accuracy']:.2f}")
         bar.write(f"finished {record['key']}: accuracy {record['accuracy']:.3f}, SFT {record['sft_time_s']:.0f} s")
     bar.close()
     final = load(path)
@@ -1348,9 +1363,11 @@ def _worker_processes(
                         "families": list(families), "arms": arms, "threads": threads, "work_dir": str(work / name),
                         "completions_dir": str(completions_dir) if completions_dir else None,
                         "max_runs": None if max_runs is None else max_runs // jobs + (i < max_runs % jobs),
-                        "estimate": False}  # fmt: skip
+                        "estimate": False, "progress_file": str(logs / f"{name}.progress")}  # fmt: skip
+                (logs / f"{name}.progress").unlink(missing_ok=True)  # an earlier command's
                 log = (logs / f"{name}.log").open("w")
-                proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=log,
+                # unbuffered: the log shows what a worker printed as it happens, not 8 kB later
+                proc = subprocess.Popen([sys.executable, "-u", "-c", code], stdin=subprocess.PIPE, stdout=log,
                                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps(call))
@@ -1367,6 +1384,8 @@ def _worker_processes(
                 runs = load(path).get("runs", [])
                 counted = missing + [p for p in plan(design, families, arms_t, runs) if p not in known]  # + added seeds
                 bar.total, bar.n = len(counted), sum(is_done(p, runs) for p in counted)
+                phases = [_read_progress(logs / f"{name}.progress") for name in running]
+                bar.set_postfix_str(" | ".join(p for p in phases if p), refresh=False)
                 bar.refresh()
     finally:  # interrupted (Ctrl-C, a SIGTERM to this process alone): no worker outlives the command
         _stop_processes([proc for proc, _ in running.values()])
@@ -1376,6 +1395,21 @@ def _worker_processes(
     if failed:
         tails = "\n".join(f"--- {f} ({logs / f}.log):\n" + (logs / f"{f}.log").read_text()[-2000:] for f in failed)
         raise SystemExit(f"the worker process(es) {failed} failed\n{tails}")
+
+
+def _write_progress(path: Path, text: str) -> None:
+    """A worker's phase, replaced whole (written aside, then renamed): its reader never sees half a line."""
+    aside = path.with_name(path.name + ".tmp")
+    aside.write_text(text + "\n")
+    os.replace(aside, path)
+
+
+def _read_progress(path: Path) -> str:
+    """What :func:`_write_progress` wrote last; empty before the first phase (or if the file cannot be read)."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager

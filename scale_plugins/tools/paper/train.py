@@ -9,7 +9,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from .common import grpo_train, on_cuda, timed_train
+from .common import grpo_train, on_cuda, progress, timed_train
 from .models import ModelSpec, lora_config
 
 #: what a record keeps of the SFT log (the training plot) and of the GRPO log
@@ -62,6 +62,7 @@ def train_sft(
 
     from ...trl import ScaleSFTConfig, ScaleSFTTrainer
 
+    progress(f"loading {spec.name}")
     model, tokenizer = spec.load(seed), spec.tokenizer()
     dataset = datasets.Dataset.from_list(training_rows(spec, train))
     common: dict[str, Any] = dict(
@@ -87,7 +88,7 @@ def train_sft(
         )
     else:
         raise ValueError(f"trainer {trainer!r}: sft or scale_sft")
-    elapsed, history = timed_train(run)
+    elapsed, history = timed_train(run, "SFT")
     trained = run.model.merge_and_unload() if spec.lora_targets is not None else run.model
     return trained, elapsed, history
 
